@@ -1,0 +1,196 @@
+"""The public entry points: ``RAP(model).attribute(...)`` in Captum's shape, and ``explain(...)``
+returning an :class:`Explanation` with everything a plot or a table needs."""
+from __future__ import annotations
+
+import warnings
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from . import engine
+from .graph import Attr, pad_spec, trace
+from .rules import methods
+
+Target = Union[None, int, Sequence[int], torch.Tensor]
+
+
+@dataclass
+class Explanation:
+    """The relevance of each input entry for one class per image.
+
+    ``relevance`` has the shape of the inputs and sums, per image, to ``score`` (the explained
+    logit). Positive values support the class, negative values speak against it.
+    """
+
+    relevance: torch.Tensor
+    target: torch.Tensor  # (N,) the explained class per image
+    score: torch.Tensor  # (N,) the explained logit per image
+    logits: torch.Tensor  # (N, K) the model output
+    method: str
+
+    @property
+    def heatmap(self) -> torch.Tensor:
+        """(N, H, W): relevance summed over the colour channels."""
+        return self.relevance.sum(1) if self.relevance.dim() == 4 else self.relevance
+
+    @property
+    def positive(self) -> torch.Tensor:
+        return self.relevance.clamp(min=0)
+
+    @property
+    def negative(self) -> torch.Tensor:
+        return self.relevance.clamp(max=0)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(-1)
+
+
+class RAP:
+    """Relative Attributing Propagation for an unmodified model.
+
+    The model is traced once; ``attribute`` can then be called on any number of batches. The
+    model itself is never changed: its parameters, hooks and ``training`` flag stay as they were.
+
+    >>> rap = RAP(torchvision.models.vgg16(weights="DEFAULT"))
+    >>> relevance = rap.attribute(images, target=None)   # predicted class per image
+    """
+
+    method = "rap"
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"RAP expects a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.graph = trace(model)
+        self._plan = engine.Plan(self.graph, self.method)
+        self._cache: dict = {}
+
+    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        """Relevance of every input entry, shaped like ``inputs``."""
+        return self.explain(inputs, target).relevance
+
+    def explain(self, inputs: torch.Tensor, target: Target = None) -> Explanation:
+        self._check_inputs(inputs)
+        with torch.no_grad(), _eval_mode(self.model):
+            try:
+                run = engine.forward(self._plan, inputs, self._cache)
+            except engine.ForwardError as e:
+                raise ValueError(
+                    f"the model could not run on inputs of shape {tuple(inputs.shape)}: "
+                    f"{e.op.source} at node '{e.op.name}' failed with: {e.error}. Check that the "
+                    "inputs have the size and channel count the model expects."
+                ) from None
+            logits = run.output(self._plan.graph.op(self.graph.output))
+            tgt = _targets(target, logits)
+            start = torch.zeros_like(logits)
+            start.scatter_(1, tgt.view(-1, *([1] * (logits.dim() - 1))).expand(
+                -1, 1, *logits.shape[2:]), 1.0)
+            relevance = engine.backward(self._plan, run, start)
+        score = logits.reshape(len(logits), -1).gather(1, tgt.view(-1, 1)).squeeze(1)
+        return Explanation(relevance, tgt, score, logits.detach(), self.method)
+
+    def _check_inputs(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"inputs must be floating point, got {x.dtype}; convert with "
+                             "inputs.float() and normalise as the model expects")
+        first = self.graph.op(self.graph.input_layers[0]) if self.graph.input_layers else None
+        want = 4 if first is not None and first.kind == "conv" else None
+        if want and x.dim() != want:
+            hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == want - 1 else ""
+            raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
+                             f"{tuple(x.shape)}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError("inputs is an empty batch (N = 0); pass at least one image")
+        channels = _expected_channels(self.graph, first)
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"the model expects {channels} input channels, but inputs have "
+                             f"{x.shape[1]} (shape {tuple(x.shape)})")
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            raise ValueError(f"inputs contain {int(bad.sum())} NaN or Inf values; relevance "
+                             "needs finite inputs")
+        param = next(self.model.parameters(), None)
+        if param is not None and (param.device != x.device or param.dtype != x.dtype):
+            raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
+                             f"on {param.device}; move one to the other, e.g. "
+                             f"model.to(inputs.device, inputs.dtype)")
+
+
+def _expected_channels(graph, first) -> int | None:
+    """The input channel count, where the input layer reads the input channel for channel
+    (through ReLU, BatchNorm, padding and the like); None where the model rearranges channels."""
+    if first is None or first.kind != "conv" or not isinstance(first.args[1], Attr):
+        return None
+    weight = first.args[1].get()
+    if not isinstance(weight, torch.Tensor):
+        return None
+    name = first.inputs[0]
+    while name != graph.input:
+        op = graph.op(name)
+        channelwise = op.kind in ("passthrough", "batchnorm") or pad_spec(op) is not None
+        if not channelwise or len(op.inputs) != 1:
+            return None
+        name = op.inputs[0]
+    return weight.shape[1] * first.kwargs["groups"]
+
+
+def _targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
+    n, k = logits.shape[0], logits.shape[1]
+    if target is None:
+        return logits.reshape(n, k, -1).amax(-1).argmax(1)
+    t = torch.as_tensor(target, device=logits.device).reshape(-1)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"target must be class indices (int), got {t.dtype}")
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {n}; give one class, "
+                         "one class per image, or None for the predicted class")
+    if (t < 0).any() or (t >= k).any():
+        raise ValueError(f"target {t.tolist()} is out of range: the model has {k} classes "
+                         f"(0..{k - 1})")
+    return t.long()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Explain in eval mode; give every submodule back the mode it had."""
+    training = [m for m in model.modules() if m.training]
+    if training:
+        warnings.warn(f"{type(model).__name__} is in training mode; relprop explains it in eval "
+                      "mode (running BatchNorm statistics, no dropout) and restores its mode "
+                      "afterwards", stacklevel=4)
+        model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+_EXPLAINERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_METHODS = {"rap": RAP}
+
+
+def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
+            method: str = "rap") -> Explanation:
+    """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted).
+
+    The traced graph is kept per model, so calling this in a loop traces once.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"unknown method '{method}'; available: {', '.join(sorted(_METHODS))}")
+    per_model = _EXPLAINERS.setdefault(model, {})
+    if method not in per_model:
+        per_model[method] = _METHODS[method](model)
+    return per_model[method].explain(inputs, target)
+
+
+__all__ = ["RAP", "Explanation", "explain", "methods"]

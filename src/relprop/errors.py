@@ -1,0 +1,30 @@
+"""Errors that tell the user what relprop could not do and how to go on."""
+
+
+class UnsupportedOperation(TypeError):
+    """An op in the traced model has no relevance rule.
+
+    Carries the graph node, the op and the module path so that the message can point at the
+    exact line of the model, and says how to register a rule for it.
+    """
+
+    def __init__(self, op: str, node: str, module_path: str | None, method: str = "rap",
+                 reason: str | None = None):
+        self.op, self.node, self.module_path, self.method = op, node, module_path, method
+        where = f" in module '{module_path}'" if module_path else ""
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"relprop cannot propagate '{method}' relevance through {op} at graph node "
+            f"'{node}'{where}{why}. If relevance should pass through it unchanged, register it: "
+            f"relprop.register_op({_short(op)}, kind='passthrough'); for a rule of your own, "
+            f"register a new kind with relprop.register_op(..., kind='my_kind') and "
+            f"relprop.register_rule('my_kind', my_rule, method='{method}')."
+        )
+
+
+class UntraceableModel(TypeError):
+    """torch.fx could not trace the model (data-dependent control flow and the like)."""
+
+
+def _short(op: str) -> str:
+    return op.split(" ", 1)[-1]

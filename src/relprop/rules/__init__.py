@@ -1,0 +1,55 @@
+"""The rule registry: (method, op kind) -> rule.
+
+A rule is ``rule(op, relevance, run) -> tuple`` giving the relevance of each of ``op.inputs``
+(``None`` for an input that gets none). ``run`` is the :class:`relprop.engine.Run` of the current
+pass: ``run.args(op)`` gives the op's arguments as they were in the forward pass,
+``run.output(op)`` its output, ``run.shape(name)`` a tensor's shape and ``run.cache`` a dict that
+lives as long as the explainer (for weights derived once per model).
+
+Rules shared by every propagation method are registered under ``method='*'``; a method's own
+rule for a kind takes precedence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import UnsupportedOperation
+
+
+@dataclass(frozen=True)
+class Rule:
+    fn: Callable
+    needs_inputs: bool  # the forward pass must keep the op's tensor inputs
+    needs_output: bool  # ... and its output
+
+
+_RULES: dict[str, dict[str, Rule]] = {}
+
+
+def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
+                  needs_inputs: bool = True, needs_output: bool = False):
+    """Register ``fn`` as the rule for ops of ``kind`` under ``method`` (usable as decorator).
+
+    Say what the rule reads, so that the forward pass keeps only that: ``needs_inputs`` for the
+    op's input tensors, ``needs_output`` for its output.
+    """
+    def deco(f):
+        _RULES.setdefault(method, {})[kind] = Rule(f, needs_inputs, needs_output)
+        return f
+    return deco(fn) if fn is not None else deco
+
+
+def get_rule(method: str, op) -> Rule:
+    rule = _RULES.get(method, {}).get(op.kind) or _RULES.get("*", {}).get(op.kind)
+    if rule is None:
+        raise UnsupportedOperation(op.source, op.name, op.module_path, method=method,
+                                   reason=f"no rule for ops of kind '{op.kind}'")
+    return rule
+
+
+def methods() -> list[str]:
+    return sorted(m for m in _RULES if m != "*")
+
+
+from . import common, rap  # noqa: E402,F401  (register the built-in rules)

@@ -1,0 +1,68 @@
+"""Rules shared by every propagation method: ops that only move, pass or pool relevance."""
+from __future__ import annotations
+
+import torch
+
+from ..graph import resolve
+from . import register_rule
+from .algebra import sdiv
+
+
+def _fit(r: torch.Tensor, shape) -> torch.Tensor:
+    """Relevance of a broadcast result, summed back onto the operand's shape."""
+    return r if r.shape == shape else r.sum_to_size(shape)
+
+
+@register_rule("passthrough", method="*", needs_inputs=False)
+def passthrough(op, relevance, run):
+    """Elementwise ops (ReLU, dropout, ``x * c + t``): relevance passes unchanged."""
+    return (_fit(relevance, run.shape(op.inputs[0])),)
+
+
+@register_rule("batchnorm", method="*", needs_inputs=False)
+def batchnorm(op, relevance, run):
+    """rap-spec §7.1: BatchNorm passes relevance through everywhere."""
+    return (relevance,)
+
+
+@register_rule("movement", method="*", needs_inputs=False)
+def movement(op, relevance, run):
+    """Reshape, slicing, ``cat``, padding: relevance goes back to the positions it came from.
+
+    These ops are linear with 0/1 coefficients, so their vector-Jacobian product is exactly
+    that routing (padding is cropped away, ``cat`` is sliced); it does not depend on the values.
+    """
+    leaves = {n: torch.zeros(run.shape(n), dtype=relevance.dtype, device=relevance.device,
+                             requires_grad=True) for n in op.inputs}
+    args = resolve(op.args, {**run.env, **leaves})
+    kwargs = run.kwargs(op)
+    with torch.enable_grad():
+        out = op.fn(*args, **kwargs)
+        grads = torch.autograd.grad(out, list(leaves.values()), relevance, allow_unused=True)
+    return tuple(grads)
+
+
+@register_rule("pool", method="*", needs_output=True)
+def pool(op, relevance, run):
+    """z-rule for pooling: ``x * d(Z * R/Z)/dx``; max pooling gives the relevance to the winner,
+    average pooling shares it in proportion to the inputs (rap-spec §5)."""
+    args = run.args(op)
+    x = args[0]
+    s = sdiv(relevance, run.output(op))
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_()
+        z = op.fn(leaf, *args[1:], **run.kwargs(op))
+        (g,) = torch.autograd.grad(z, leaf, s)
+    return (x * g,)
+
+
+@register_rule("add", method="*", needs_output=True)
+def add(op, relevance, run):
+    """z-rule for the sum of two tensors: each operand gets its share of the sum."""
+    a, b = run.args(op)
+    s = sdiv(relevance, run.output(op))
+    shares = {}
+    for ref, value in zip(op.args, (a, b)):
+        share = _fit(value * s, value.shape)
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    return tuple(shares[n] for n in op.inputs)
