@@ -1,0 +1,34 @@
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "fixtures" / "rap-reference"
+IMAGES = SHARED / "data" / "imagenet-samples"
+
+
+def _require(path: Path):
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests read ../shared beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def reference_build():
+    """The fixtures' own build.py, which rebuilds each seeded torchvision model."""
+    _require(REFERENCE / "build.py")
+    spec = importlib.util.spec_from_file_location("rap_reference_build", REFERENCE / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_case(name: str) -> dict:
+    _require(REFERENCE / f"{name}.pt")
+    return torch.load(REFERENCE / f"{name}.pt", weights_only=False)
+
+
+def float64_copy(model):
+    return copy.deepcopy(model).double().eval()

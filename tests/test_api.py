@@ -1,0 +1,230 @@
+"""The API as a user meets it: inputs checked with clear errors, targets in every form, the
+model left untouched, functional and in-place forms normalised, unsupported ops named."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+import relprop
+from relprop import RAP, UnsupportedOperation, UntraceableModel, explain
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    torch.manual_seed(0)
+    return torchvision.models.vgg11(num_classes=10).eval()
+
+
+def x(n=2, c=3, s=32, dtype=torch.float32):
+    return torch.randn(n, c, s, s, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.randn(3, 32, 32), "add the batch dimension"),
+    (torch.randn(1, 4, 32, 32), "expects 3 input channels"),
+    (torch.randn(1, 3, 16, 16), "could not run on inputs of shape"),
+    (torch.randn(0, 3, 32, 32), "empty batch"),
+    (torch.full((1, 3, 32, 32), float("nan")), "NaN or Inf"),
+    (torch.randn(1, 3, 32, 32).double(), r"model\.to\("),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.long), "floating point"),
+    ([[1.0]], "must be a torch.Tensor"),
+])
+def test_bad_inputs_raise_clear_value_errors(vgg, bad, message):
+    with pytest.raises(ValueError, match=message):
+        RAP(vgg).attribute(bad)
+
+
+@pytest.mark.parametrize("target, message", [(10, "out of range"), (-1, "out of range"),
+                                             ([1, 2, 3], "3 entries for a batch of 2"),
+                                             (1.5, "class indices")])
+def test_bad_targets(vgg, target, message):
+    with pytest.raises(ValueError, match=message):
+        RAP(vgg).attribute(x(), target)
+
+
+def test_target_forms(vgg):
+    rap = RAP(vgg)
+    e = rap.explain(x())
+    assert torch.equal(e.target, vgg(x()).argmax(1))
+    assert torch.equal(rap.explain(x(), 3).target, torch.tensor([3, 3]))
+    assert torch.equal(rap.explain(x(), [4, 5]).target, torch.tensor([4, 5]))
+    assert torch.equal(rap.explain(x(), torch.tensor([6, 7])).target, torch.tensor([6, 7]))
+    assert torch.allclose(e.score, vgg(x()).gather(1, e.target.view(-1, 1)).squeeze(1),
+                          rtol=1e-5, atol=1e-6)
+
+
+def test_explanation_views(vgg):
+    e = explain(vgg, x())
+    assert e.relevance.shape == (2, 3, 32, 32) and e.heatmap.shape == (2, 32, 32)
+    assert torch.equal(e.positive + e.negative, e.relevance)
+    assert (e.positive >= 0).all() and (e.negative <= 0).all()
+    assert e.method == "rap"
+    assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score, rtol=1e-3, atol=1e-4)
+
+
+def test_batch_results_equal_single_results(vgg):
+    rap = RAP(vgg)
+    batch = rap.attribute(x(3), [1, 2, 3])
+    single = torch.cat([rap.attribute(x(3)[i:i + 1], i + 1) for i in range(3)])
+    assert torch.allclose(batch, single, rtol=1e-4, atol=1e-6)
+
+
+def test_model_is_left_as_it_was(vgg):
+    model = copy.deepcopy(vgg).train()
+    model.features[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="training mode"):
+        e = RAP(model).explain(x())
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.features[0].weight.requires_grad and model.features[3].weight.requires_grad
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+               for m in model.modules())
+    # explained in eval mode: the same relevance as the eval-mode model
+    assert torch.allclose(e.relevance, RAP(vgg).attribute(x()), atol=1e-6)
+    assert not e.relevance.requires_grad and e.relevance.grad_fn is None
+
+
+class Functional(nn.Module):
+    """The forms real models use: F.conv2d on attributes, grouped and depthwise convolutions,
+    ZeroPad2d, in-place ReLU and +=, relu6/hardtanh, cat, F.max_pool2d, torch.flatten,
+    F.linear, dropout and scaling by constants."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3, generator=g) * 0.3)
+        self.b1 = nn.Parameter(torch.randn(8, generator=g) * 0.1)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc_w = nn.Parameter(torch.randn(5, 16 * 4 * 4, generator=g) * 0.05)
+        self.fc_b = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        x = x * 0.5 + 0.1
+        x = F.conv2d(self.pad(x), self.w1, self.b1, stride=2)
+        x = x.relu_()
+        y = F.relu6(self.bn(self.dw(x)))
+        z = F.hardtanh(self.grouped(x), 0.0, 4.0)
+        y += x
+        x = torch.cat([y, z], 1)
+        x = F.max_pool2d(x, 2)
+        x = F.dropout(torch.flatten(x, 1), 0.5, training=False)
+        return F.linear(x, self.fc_w, self.fc_b)
+
+
+def test_functional_and_inplace_forms_conserve():
+    model = Functional().double().eval()
+    e = RAP(model).explain(x(2, s=16, dtype=torch.float64))
+    assert torch.isfinite(e.relevance).all()
+    assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score, rtol=1e-9, atol=1e-12)
+    ops = {op.name: op for op in RAP(model).graph.ops}
+    assert ops["conv2d"].role == "input" and ops["conv2d"].attrs["input_pad"] == (0, 1, 0, 1)
+    assert ops["linear"].role == "output"
+
+
+def test_zero_padded_input_layer_gives_the_border_nothing():
+    model = Functional().double().eval()
+    rap = RAP(model)
+    run_inputs = x(1, s=16, dtype=torch.float64)
+    assert torch.allclose(rap.attribute(run_inputs).sum(), rap.explain(run_inputs).score)
+
+
+def test_inplace_add_reads_the_updated_tensor():
+    class Inplace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.a(x).relu()
+            h += x
+            return self.b(h)
+
+    class OutOfPlace(Inplace):
+        def forward(self, x):
+            return self.b(self.a(x).relu() + x)
+
+    torch.manual_seed(0)
+    m1 = Inplace().double().eval()
+    m2 = OutOfPlace().double().eval()
+    m2.load_state_dict(m1.state_dict())
+    inp = torch.rand(3, 4, dtype=torch.float64)
+    assert torch.allclose(RAP(m1).attribute(inp), RAP(m2).attribute(inp))
+
+
+def test_unsupported_operation_names_node_module_and_fix():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.conv(x)
+            x = x * torch.sigmoid(x)
+            return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(UnsupportedOperation, match=r"sigmoid.*graph node 'sigmoid'.*register_op"):
+        RAP(Gated())
+
+    class WithGelu(Gated):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.GELU()
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(UnsupportedOperation, match=r"module GELU .*module 'act'"):
+        RAP(WithGelu())
+
+
+def test_register_op_extends_without_touching_the_engine():
+    class Swish(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.fc = nn.Conv2d(3, 4, 3), Swish(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    relprop.register_op(Swish, kind="passthrough")
+    net = Net().double().eval()
+    e = explain(net, x(2, s=8, dtype=torch.float64))
+    assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score)
+
+
+def test_untraceable_model_gets_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.fc(x)
+            return -self.fc(x)
+
+    with pytest.raises(UntraceableModel, match="torch.fx could not trace Branchy"):
+        RAP(Branchy())
+
+
+def test_unknown_method(vgg):
+    with pytest.raises(ValueError, match="unknown method 'lrp'; available: rap"):
+        explain(vgg, x(), method="lrp")
+
+
+def test_no_warning_in_eval_mode(vgg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explain(vgg, x())

@@ -1,0 +1,183 @@
+"""Each rule on a small case computed by hand or by an independent formula (autograd, written
+from rap-spec.md), without the engine."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from relprop.graph import Op, Ref
+from relprop.rules import common, rap
+
+D = torch.float64
+
+
+def t(*v):
+    return torch.tensor(v, dtype=D)
+
+
+def run_with(env=None, shapes=None):
+    return SimpleNamespace(env=env or {}, shapes=shapes or {}, cache={},
+                           args=lambda op: tuple(_res(a, env or {}) for a in op.args),
+                           kwargs=lambda op: op.kwargs, output=lambda op: env[op.name],
+                           shape=lambda n: shapes[n])
+
+
+def _res(a, env):
+    if isinstance(a, Ref):
+        return env[a.name]
+    if isinstance(a, (list, tuple)):
+        return type(a)(_res(x, env) for x in a)
+    return a
+
+
+def make_op(kind, fn=None, args=(), kwargs=None, inputs=("x",), **extra):
+    return Op("y", kind, fn, args, kwargs or {}, inputs, kind, **extra)
+
+
+def test_passthrough_keeps_relevance_and_sums_broadcasts():
+    op = make_op("passthrough")
+    r = t(1, -2, 3)
+    (out,) = common.passthrough(op, r, run_with(shapes={"x": r.shape}))
+    assert torch.equal(out, r)
+    (out,) = common.passthrough(op, t([1, 2], [3, 4]), run_with(shapes={"x": (1, 2)}))
+    assert torch.equal(out, t([4, 6]))
+
+
+def test_max_pool_gives_everything_to_the_winner():
+    x = t([[1, 3], [2, 0]]).view(1, 1, 2, 2)
+    op = make_op("pool", F.max_pool2d, (Ref("x"), 2))
+    env = {"x": x, "y": F.max_pool2d(x, 2)}
+    (out,) = common.pool(op, t(5).view(1, 1, 1, 1), run_with(env))
+    assert torch.equal(out, t([[0, 5], [0, 0]]).view(1, 1, 2, 2))
+
+
+def test_avg_pool_shares_in_proportion_to_the_inputs():
+    x = t([[1, 3], [2, 2]]).view(1, 1, 2, 2)
+    op = make_op("pool", F.avg_pool2d, (Ref("x"), 2))
+    env = {"x": x, "y": F.avg_pool2d(x, 2)}
+    (out,) = common.pool(op, t(4).view(1, 1, 1, 1), run_with(env))
+    assert torch.allclose(out, t([[0.5, 1.5], [1, 1]]).view(1, 1, 2, 2))
+
+
+def test_add_splits_by_contribution():
+    op = make_op("add", torch.add, (Ref("a"), Ref("b")), inputs=("a", "b"))
+    env = {"a": t(1, -1), "b": t(3, 3), "y": t(4, 2)}
+    ra, rb = common.add(op, t(8, 4), run_with(env))
+    assert torch.allclose(ra, t(2, -2)) and torch.allclose(rb, t(6, 6))
+
+
+def test_add_of_a_tensor_with_itself_gets_all_of_it():
+    op = make_op("add", torch.add, (Ref("a"), Ref("a")), inputs=("a",))
+    (ra,) = common.add(op, t(8.0), run_with({"a": t(2.0), "y": t(4.0)}))
+    assert torch.allclose(ra, t(8.0))
+
+
+def test_movement_slices_cat_and_crops_padding():
+    op = make_op("movement", torch.cat, ([Ref("a"), Ref("b")], 1), inputs=("a", "b"))
+    ra, rb = common.movement(op, t([1, 2, 3]), run_with(shapes={"a": (1, 1), "b": (1, 2)}))
+    assert torch.equal(ra, t([1])) and torch.equal(rb, t([2, 3]))
+    op = make_op("movement", F.pad, (Ref("x"), (1, 1)))
+    (rx,) = common.movement(op, t([9, 1, 2, 9]), run_with(shapes={"x": (1, 2)}))
+    assert torch.equal(rx, t([1, 2]))
+
+
+def test_batchnorm_passes_relevance_through():
+    r = t(1, -2)
+    assert torch.equal(common.batchnorm(make_op("batchnorm"), r, run_with())[0], r)
+
+
+def test_shift_moves_nonzero_entries_uniformly():
+    assert torch.allclose(rap.shift(t([1, 0, 3]), t([2])), t([0, 0, 2]))
+    assert torch.equal(rap.shift(t([0.0, 0.0]).view(1, 2), t([5.0])), t([0.0, 0.0]).view(1, 2))
+
+
+def test_output_layer_by_hand():
+    # x = [1, 2], W = [[1, -1]], b = 0.5: C = [0.5, -1], logit -0.5,
+    # R = |C| * sum(C) / sum(|C|) = [-1/6, -1/3].
+    op = make_op("linear", role="output", input_nonneg=True)
+    out = rap.output_layer(op, t([1, 2]), t([1, -1]), t(0.5), t([1.0]), run_with())
+    assert torch.allclose(out, t([-1 / 6, -1 / 3]))
+
+
+def test_input_layer_zb_by_hand():
+    # x = [1, -1], W = [[2, 1]], L = -1, H = 1: Z = 4, R = 2 -> R_in = [2, 0].
+    op = make_op("linear", role="input")
+    out = rap.input_layer(op, t([1, -1]), t([2, 1]), t([2.0]), run_with())
+    assert torch.allclose(out, t([2, 0]))
+
+
+def _sd(a, b):
+    return torch.where(b != 0, a / b.masked_fill(b == 0, 1), torch.zeros_like(a))
+
+
+def _reference_group(lin, x, w, r, linear):
+    """rap-spec §3 for one sign group, term by term with autograd (independent of relprop)."""
+    xg = x.clone().requires_grad_()
+    if (x >= 0).all():
+        za, zb = lin(xg, w.clamp(min=0)), -lin(xg, w.clamp(max=0))
+    else:
+        za, zb = -lin(xg, w.clamp(min=0)), lin(xg, w.clamp(max=0))
+
+    def push(z, s):
+        return (x * torch.autograd.grad(z, xg, s, retain_graph=True)[0]).detach()
+
+    rp, rn = r.clamp(min=0), r.clamp(max=0)
+    c = push(za, _sd(rp, za)) + push(zb, _sd(r, za + zb) * (zb != 0))
+    c = c + (push(za, _sd(rn, za)) if linear else push(zb, _sd(rn, zb)))
+    dims = tuple(range(1, c.dim()))
+    nz = (c != 0).to(D)
+    delta = _sd(c.sum(dims, keepdim=True) - r.sum(dims, keepdim=True), nz.sum(dims, keepdim=True))
+    return c - delta * nz, (za + zb).detach()
+
+
+def _reference_hidden(lin, x, w, r, linear):
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if (x >= 0).all():
+        return _reference_group(lin, xp, w, r, linear)[0]
+    _, mp = _reference_group(lin, xp, w, r, linear)
+    _, mn = _reference_group(lin, xn, w, r, linear)
+    rp = torch.where(mp + mn == 0, r, r * _sd(mp, mp + mn))
+    rn = r * _sd(mn, mp + mn)
+    return _reference_group(lin, xp, w, rp, linear)[0] + _reference_group(lin, xn, w, rn, linear)[0]
+
+
+CONVS = [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, k=3, cin=4, cout=6),
+         dict(stride=(2, 2), padding=(0, 0), dilation=(1, 1), groups=1, k=1, cin=4, cout=6),
+         dict(stride=(2, 2), padding=(3, 3), dilation=(1, 1), groups=1, k=7, cin=3, cout=5),
+         dict(stride=(1, 1), padding=(2, 2), dilation=(2, 2), groups=2, k=3, cin=4, cout=6),
+         dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=4, k=3, cin=4, cout=4)]
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+@pytest.mark.parametrize("cfg", CONVS, ids=["3x3", "1x1s2", "7x7s2", "dilated-grouped",
+                                             "depthwise"])
+def test_hidden_conv_matches_independent_formula(cfg, signed):
+    g = torch.Generator().manual_seed(0)
+    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
+    x = torch.randn(2, cfg["cin"], 9, 9, generator=g, dtype=D)
+    x = x if signed else x.relu()
+    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"], generator=g,
+                    dtype=D)
+    out = F.conv2d(x, w, None, **kw)
+    r = torch.randn(out.shape, generator=g, dtype=D) * (out.abs() > 0.3)
+    op = make_op("conv", kwargs=kw, role="hidden", input_nonneg=not signed)
+    ours = rap.hidden_layer(op, x, w, r, run_with())
+
+    def lin(a, b):
+        return F.conv2d(a, b, None, **kw)
+    expected = _reference_hidden(lin, x, w, r, linear=False)
+    assert torch.allclose(ours, expected, atol=1e-12, rtol=1e-9)
+    assert torch.allclose(ours.sum((1, 2, 3)), r.sum((1, 2, 3)))
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_hidden_linear_matches_independent_formula(signed):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 10, generator=g, dtype=D)
+    x = x if signed else x.relu()
+    w = torch.randn(7, 10, generator=g, dtype=D)
+    r = torch.randn(3, 7, generator=g, dtype=D)
+    op = make_op("linear", role="hidden", input_nonneg=not signed)
+    ours = rap.hidden_layer(op, x, w, r, run_with())
+    assert torch.allclose(ours, _reference_hidden(F.linear, x, w, r, linear=True), atol=1e-12)
