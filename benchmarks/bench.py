@@ -5,7 +5,8 @@
 
 Random weights (timing does not depend on them). Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
-above what the model and the inputs already hold (CUDA: max allocated; CPU: peak RSS).
+above what the model and the inputs already hold (CUDA: max allocated; CPU: the profiler's
+record of torch's allocations).
 """
 from __future__ import annotations
 
@@ -30,35 +31,29 @@ def build(name):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-class Memory:
-    """Peak memory of one call above the memory in use before it."""
+def peak_memory(fn, device) -> int:
+    """Peak bytes of tensors that one call of ``fn`` holds at once, above what was held before.
 
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
-            self.base = _proc_status("VmRSS")
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.peak = _proc_status("VmHWM") - self.base
-
-
-def _proc_status(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    CUDA: the caching allocator's max allocated. CPU: the running sum of the allocations and
+    frees that torch's profiler records (the process RSS cannot say it: freed heap is reused).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.name == "[memory]"),
+                    key=lambda e: e.time_range.start)
+    held = peak = 0
+    for e in events:
+        held += e.cpu_memory_usage
+        peak = max(peak, held)
+    return peak
 
 
 def timed(fn, device, warmup, repeats):
@@ -73,9 +68,7 @@ def timed(fn, device, warmup, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    with Memory(device) as mem:
-        fn()
-    return statistics.median(times), mem.peak
+    return statistics.median(times), peak_memory(fn, device)
 
 
 def bench(name, batch, device, warmup, repeats):

@@ -6,8 +6,6 @@ the relevance of a tensor used by several ops.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from .graph import Graph, Op, Ref, resolve
@@ -106,8 +104,7 @@ def forward(plan: Plan, x: torch.Tensor, cache: dict) -> Run:
     return Run(env, shapes, cache)
 
 
-def backward(plan: Plan, run: Run, relevance: torch.Tensor,
-             progress: Callable[[], None] | None = None) -> torch.Tensor:
+def backward(plan: Plan, run: Run, relevance: torch.Tensor) -> torch.Tensor:
     """Sweep from the output to the input; returns the relevance of the model input."""
     graph = plan.graph
     total: dict[str, torch.Tensor] = {graph.output: relevance}
@@ -126,8 +123,6 @@ def backward(plan: Plan, run: Run, relevance: torch.Tensor,
                     total[name] = share
         for name in plan.free_backward[i]:
             env.pop(name, None)
-        if progress is not None:
-            progress()
     result = total.get(graph.input)
     if result is None:
         result = torch.zeros(run.shape(graph.input), dtype=relevance.dtype,

@@ -115,7 +115,6 @@ class Normalised:
 _MODULES: dict[type, Callable[[nn.Module, tuple, dict], Normalised]] = {}
 _FUNCTIONS: dict[Any, Callable[[tuple, dict], Normalised]] = {}
 _METHODS: dict[str, Callable[[tuple, dict], Normalised]] = {}
-_KINDS = {"linear", "conv", "batchnorm", "passthrough", "pool", "add", "movement"}
 _SIGN_BY_KIND = {"passthrough": "same", "pool": "same", "movement": "same"}
 
 
@@ -127,7 +126,6 @@ def register_op(target, kind: str, *, sign: str | None = None) -> None:
     'nonneg' (like ReLU), 'same' as the input, or 'any'.
     """
     sign = sign or _SIGN_BY_KIND.get(kind, "any")
-    _KINDS.add(kind)
     if isinstance(target, type) and issubclass(target, nn.Module):
         _MODULES[target] = lambda m, a, k: Normalised(kind, m, a, k, sign)
     elif isinstance(target, str):
@@ -464,10 +462,10 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             if norm is None:
                 raise UnsupportedOperation(source, node.name, path)
             kind = norm.kind
-        inputs = tensor_refs if kind not in ("meta", "constant") else ()
+        inputs = ()
         if kind not in ("meta", "constant"):
-            inputs = tuple(r for r in _refs(norm.args) if status[r] == "tensor")
-            inputs = tuple(dict.fromkeys(inputs))
+            # Relevance goes to the input tensors among the op's positional arguments.
+            inputs = tuple(dict.fromkeys(r for r in _refs(norm.args) if status[r] == "tensor"))
         ops.append(Op(node.name, kind, norm.fn, norm.args, norm.kwargs, inputs, source, path,
                       sign=norm.sign))
         if _mutates_receiver(node) and isinstance(args[0], Ref):
