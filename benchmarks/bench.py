@@ -5,8 +5,7 @@
 
 Random weights (timing does not depend on them). Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
-above what the model and the inputs already hold (CUDA: max allocated; CPU: the profiler's
-record of torch's allocations).
+above what the model and the inputs already hold (CUDA: max allocated; not measured on the CPU).
 """
 from __future__ import annotations
 
@@ -31,29 +30,18 @@ def build(name):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def peak_memory(fn, device) -> int:
-    """Peak bytes of tensors that one call of ``fn`` holds at once, above what was held before.
-
-    CUDA: the caching allocator's max allocated. CPU: the running sum of the allocations and
-    frees that torch's profiler records (the process RSS cannot say it: freed heap is reused).
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.events() if e.name == "[memory]"),
-                    key=lambda e: e.time_range.start)
-    held = peak = 0
-    for e in events:
-        held += e.cpu_memory_usage
-        peak = max(peak, held)
-    return peak
+def peak_memory(fn, device):
+    """Peak bytes of tensors one call of ``fn`` holds at once, above what was held before (CUDA:
+    the caching allocator's max allocated). None on the CPU, where torch keeps no such count and
+    the process RSS cannot say it (freed heap is reused)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def timed(fn, device, warmup, repeats):
@@ -95,9 +83,10 @@ def bench(name, batch, device, warmup, repeats):
     for label, fn in (("forward", forward), ("gradient", gradient), ("rap", explain)):
         seconds, peak = timed(fn, device, warmup, repeats)
         row[f"{label}_ms"] = 1000 * seconds / batch
-        row[f"{label}_peak_mib"] = peak / 2 ** 20
+        row[f"{label}_peak_mib"] = None if peak is None else peak / 2 ** 20
     row["rap_over_gradient"] = row["rap_ms"] / row["gradient_ms"]
-    row["rap_memory_over_gradient"] = row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9)
+    row["rap_memory_over_gradient"] = (None if peak is None else
+                                       row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9))
     return row
 
 
@@ -117,11 +106,13 @@ def table(rows, title):
              "| model | batch | forward ms/img | gradient ms/img | RAP ms/img | RAP / gradient "
              "| gradient peak MiB | RAP peak MiB | RAP / gradient memory |",
              "|---|---|---|---|---|---|---|---|---|"]
+    def mem(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['forward_ms']:.1f} | "
                      f"{r['gradient_ms']:.1f} | {r['rap_ms']:.1f} | {r['rap_over_gradient']:.2f}× "
-                     f"| {r['gradient_peak_mib']:.0f} | {r['rap_peak_mib']:.0f} | "
-                     f"{r['rap_memory_over_gradient']:.2f}× |")
+                     f"| {mem(r['gradient_peak_mib'], '.0f')} | {mem(r['rap_peak_mib'], '.0f')} | "
+                     f"{mem(r['rap_memory_over_gradient'], '.2f')} |")
     return "\n".join(lines)
 
 
