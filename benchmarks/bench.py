@@ -5,7 +5,9 @@
 
 Random weights (timing does not depend on them). Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
-above what the model and the inputs already hold (CUDA: max allocated; not measured on the CPU).
+above what the model and the inputs already hold (CUDA: max allocated; CPU: the running sum of the
+allocations and frees torch's profiler records). The three methods are interleaved repeat by
+repeat, so that a machine whose speed drifts during the run affects them alike.
 """
 from __future__ import annotations
 
@@ -30,33 +32,51 @@ def build(name):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def peak_memory(fn, device):
-    """Peak bytes of tensors one call of ``fn`` holds at once, above what was held before (CUDA:
-    the caching allocator's max allocated). None on the CPU, where torch keeps no such count and
-    the process RSS cannot say it (freed heap is reused)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+def peak_memory(fn, device) -> int:
+    """Peak bytes of tensors that one call of ``fn`` holds at once, above what was held before.
 
-
-def timed(fn, device, warmup, repeats):
-    for _ in range(warmup):
+    CUDA: the caching allocator's max allocated. CPU: the running sum of the allocations and
+    frees that torch's profiler records (the process RSS cannot say it: freed heap is reused).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
         fn()
-    times = []
-    for _ in range(repeats):
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    held = peak = 0
+    for _, delta in deltas:
+        held += delta
+        peak = max(peak, held)
+    return peak
+
+
+def timed(fns: dict, device, warmup, repeats) -> dict:
+    """Median seconds of each function, the functions interleaved repeat by repeat so that a
+    machine that slows down or speeds up during the run affects them alike."""
+    def once(fn):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak_memory(fn, device)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            times[label].append(once(fn))
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def bench(name, batch, device, warmup, repeats):
@@ -80,14 +100,19 @@ def bench(name, batch, device, warmup, repeats):
         rap.attribute(x, target)
 
     row = {"model": name, "batch": batch, "input": size}
-    for label, fn in (("forward", forward), ("gradient", gradient), ("rap", explain)):
-        seconds, peak = timed(fn, device, warmup, repeats)
+    fns = {"forward": forward, "gradient": gradient, "rap": explain}
+    for label, seconds in timed(fns, device, warmup, repeats).items():
         row[f"{label}_ms"] = 1000 * seconds / batch
-        row[f"{label}_peak_mib"] = None if peak is None else peak / 2 ** 20
+        row[f"{label}_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
+    row["rap_weight_cache_mib"] = sum(t.numel() * t.element_size() for _, value in
+                                      rap._cache.values() for t in _tensors(value)) / 2 ** 20
     row["rap_over_gradient"] = row["rap_ms"] / row["gradient_ms"]
-    row["rap_memory_over_gradient"] = (None if peak is None else
-                                       row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9))
+    row["rap_memory_over_gradient"] = row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9)
     return row
+
+
+def _tensors(value):
+    return [value] if isinstance(value, torch.Tensor) else [t for v in value for t in _tensors(v)]
 
 
 def machine(device):
@@ -106,13 +131,14 @@ def table(rows, title):
              "| model | batch | forward ms/img | gradient ms/img | RAP ms/img | RAP / gradient "
              "| gradient peak MiB | RAP peak MiB | RAP / gradient memory |",
              "|---|---|---|---|---|---|---|---|---|"]
-    def mem(v, fmt):
-        return "n/a" if v is None else format(v, fmt)
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['forward_ms']:.1f} | "
                      f"{r['gradient_ms']:.1f} | {r['rap_ms']:.1f} | {r['rap_over_gradient']:.2f}× "
-                     f"| {mem(r['gradient_peak_mib'], '.0f')} | {mem(r['rap_peak_mib'], '.0f')} | "
-                     f"{mem(r['rap_memory_over_gradient'], '.2f')} |")
+                     f"| {r['gradient_peak_mib']:.0f} | {r['rap_peak_mib']:.0f} | "
+                     f"{r['rap_memory_over_gradient']:.2f}× |")
+    lines.append("")
+    lines.append("RAP keeps W+/|W-| per layer once per model (not in the peaks above): " + ", ".join(
+        f"{r['model']} {r['rap_weight_cache_mib']:.0f} MiB" for r in rows if r["batch"] == rows[0]["batch"]))
     return "\n".join(lines)
 
 
