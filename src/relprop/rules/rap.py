@@ -29,7 +29,7 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     nonzero = c != 0
     count = sample_sum(nonzero.to(c.dtype))
     delta = sdiv(sample_sum(c) - total, count)
-    return c - delta * nonzero
+    return c.sub_(delta * nonzero)
 
 
 @register_rule("linear", method="rap", needs_inputs=True)
@@ -93,14 +93,14 @@ def _group(op, u, z, relevance, pair):
     does). The result is shifted so that the group conserves its relevance.
     """
     za, zb = split_pair(op, z)
-    neg = relevance.clamp(max=0)
-    sa = sdiv(relevance.clamp(min=0), za)
-    sb = sdiv(relevance, za + zb) * (zb != 0)
-    if op.kind == "linear":
-        sa = sa + sdiv(neg, za)
-    else:
-        sb = sb + sdiv(neg, zb)
-    c = u * lin_t(op, join_pair(op, sa, sb), pair, u.shape)
+    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
+    sb = torch.where(zb != 0, relevance / (za + zb), 0.0)
+    if op.kind == "linear":  # R+ and R- both along Za
+        sa = sdiv(relevance, za)
+    else:  # R+ along Za, R- along Zb
+        sa = sdiv(relevance.clamp(min=0), za)
+        sb.add_(sdiv(relevance.clamp(max=0), zb))
+    c = lin_t(op, join_pair(op, sa, sb), pair, u.shape).mul_(u)
     return shift(c, sample_sum(relevance))
 
 
