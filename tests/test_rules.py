@@ -88,7 +88,9 @@ def test_batchnorm_passes_relevance_through():
 
 
 def test_shift_moves_nonzero_entries_uniformly():
-    assert torch.allclose(rap.shift(t([1, 0, 3]), t([2])), t([0, 0, 2]))
+    c = torch.tensor([[1, 0, 3], [2, 2, 0]], dtype=D)  # two samples
+    shifted = rap.shift(c, torch.tensor([[2], [1]], dtype=D))
+    assert torch.allclose(shifted, torch.tensor([[0, 0, 2], [0.5, 0.5, 0]], dtype=D))
     assert torch.equal(rap.shift(t([0.0, 0.0]).view(1, 2), t([5.0])), t([0.0, 0.0]).view(1, 2))
 
 

@@ -456,7 +456,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
         else:
             status[node.name] = "tensor"
             try:
-                norm = _normalise_node(node, root, args, kwargs, tensor_refs)
+                norm = _normalise_node(node, root, args, kwargs)
             except _Unsupported as e:
                 raise UnsupportedOperation(source, node.name, path, reason=str(e)) from None
             if norm is None:
@@ -530,7 +530,7 @@ def _generic_call(node, root, args, kwargs) -> Normalised:
     return Normalised("constant", fn, args, kwargs)
 
 
-def _normalise_node(node, root, args, kwargs, tensor_refs) -> Normalised | None:
+def _normalise_node(node, root, args, kwargs) -> Normalised | None:
     if node.op == "call_module":
         m = root.get_submodule(node.target)
         f = _MODULES.get(type(m))

@@ -8,8 +8,11 @@ from torch.nn.grad import conv2d_input
 
 
 def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b`` where ``b != 0``, exactly 0 where ``b == 0`` (rap-spec's safe division)."""
-    return torch.where(b != 0, a / b, 0.0)  # a / 0 is computed and discarded
+    """``a / b`` where ``b != 0``, exactly 0 where ``b == 0`` (rap-spec's safe division).
+
+    Dividing first and zeroing the non-finite quotients takes two passes instead of three; a
+    quotient that overflows with ``b != 0`` (a denormal ``b``) becomes 0 too, not inf."""
+    return (a / b).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sample_sum(t: torch.Tensor) -> torch.Tensor:
@@ -44,24 +47,35 @@ def stack_pair(op, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
 
 def split_pair(op, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Undo ``stack_pair`` on the output of the stacked map."""
-    if op.kind == "linear":
-        return z.chunk(2, dim=-1)
+    if _plain_halves(op):
+        return z.chunk(2, dim=-1 if op.kind == "linear" else 1)
     g = op.kwargs["groups"]
-    if g == 1:
-        return z.chunk(2, dim=1)
     n, c2 = z.shape[:2]
     z = z.reshape(n, g, 2, c2 // (2 * g), *z.shape[2:])
     return (z[:, :, 0].reshape(n, c2 // 2, *z.shape[4:]),
             z[:, :, 1].reshape(n, c2 // 2, *z.shape[4:]))
 
 
-def join_pair(op, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Lay two output-shaped tensors out as the stacked map's output (inverse of split_pair)."""
-    if op.kind == "linear":
-        return torch.cat([a, b], -1)
+def _plain_halves(op) -> bool:
+    """Whether the stacked map's output is [first | second] along the channels."""
+    return op.kind == "linear" or op.kwargs["groups"] == 1
+
+
+def pair_views(op, buffer: torch.Tensor):
+    """Two output-shaped tensors to fill for ``buffer`` (a stacked map's output): views into it
+    where the halves are plain slices, new tensors for grouped convolutions."""
+    if _plain_halves(op):
+        return buffer.chunk(2, dim=-1 if op.kind == "linear" else 1)
+    half = list(buffer.shape)
+    half[1] //= 2
+    return buffer.new_empty(half), buffer.new_empty(half)
+
+
+def pair_join(op, buffer, a, b) -> torch.Tensor:
+    """``buffer`` with ``a`` and ``b`` in it (they already are, unless the conv is grouped)."""
+    if _plain_halves(op):
+        return buffer
     g = op.kwargs["groups"]
-    if g == 1:
-        return torch.cat([a, b], 1)
     n, c = a.shape[:2]
     rest = a.shape[2:]
     return torch.stack([a.reshape(n, g, c // g, *rest), b.reshape(n, g, c // g, *rest)],

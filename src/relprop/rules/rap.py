@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from . import register_rule
-from .algebra import cached, join_pair, lin, lin_t, sample_sum, sdiv, split_pair, stack_pair
+from .algebra import (cached, lin, lin_t, pair_join, pair_views, sample_sum, sdiv,
+                      split_pair, stack_pair)
 
 
 def _signs(run, op, w):
@@ -25,11 +26,12 @@ def _pair(run, op, w):
 
 def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """Uniform shifting: move every non-zero entry of ``c`` by the same amount so that each
-    sample sums to ``total`` (zeros stay zero; nothing moves where all are zero)."""
-    nonzero = c != 0
-    count = sample_sum(nonzero.to(c.dtype))
+    sample sums to ``total`` (zeros stay zero; nothing moves where all are zero). In place."""
+    zero = c == 0
+    dims = tuple(range(1, c.dim()))
+    count = (c[0].numel() - zero.sum(dims, keepdim=True)).to(c.dtype)
     delta = sdiv(sample_sum(c) - total, count)
-    return c.sub_(delta * nonzero)
+    return c.sub_(delta).masked_fill_(zero, 0)
 
 
 @register_rule("linear", method="rap", needs_inputs=True)
@@ -93,14 +95,19 @@ def _group(op, u, z, relevance, pair):
     does). The result is shifted so that the group conserves its relevance.
     """
     za, zb = split_pair(op, z)
-    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
-    sb = torch.where(zb != 0, relevance / (za + zb), 0.0)
+    s = torch.empty_like(z)  # Sa and Sb, laid out as the stacked map's output
+    sa, sb = pair_views(op, s)
     if op.kind == "linear":  # R+ and R- both along Za
-        sa = sdiv(relevance, za)
+        torch.div(relevance, za, out=sa)
     else:  # R+ along Za, R- along Zb
-        sa = sdiv(relevance.clamp(min=0), za)
+        torch.div(relevance.clamp(min=0), za, out=sa)
+    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
+    torch.div(relevance, za + zb, out=sb)
+    sa.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    sb.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).masked_fill_(zb == 0, 0)
+    if op.kind != "linear":
         sb.add_(sdiv(relevance.clamp(max=0), zb))
-    c = lin_t(op, join_pair(op, sa, sb), pair, u.shape).mul_(u)
+    c = lin_t(op, pair_join(op, s, sa, sb), pair, u.shape).mul_(u)
     return shift(c, sample_sum(relevance))
 
 
