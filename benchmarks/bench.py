@@ -3,7 +3,8 @@
     python benchmarks/bench.py                      # CPU: batch 1 and 4; GPU: batch 1 and 32
     python benchmarks/bench.py --models vgg16 --batches 1 8 --repeats 5
 
-Random weights (timing does not depend on them). Writes JSON and a markdown table to
+Random weights (timing does not depend on them). Where Captum is installed
+(``pip install -e '.[bench]'``), its LRP is timed beside them as the peer. Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
 above what the model and the inputs already hold (CUDA: max allocated; CPU: the running sum of the
 allocations and frees torch's profiler records). The three methods are interleaved repeat by
@@ -12,10 +13,12 @@ repeat, so that a machine whose speed drifts during the run affects them alike.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -101,14 +104,31 @@ def bench(name, batch, device, warmup, repeats):
 
     row = {"model": name, "batch": batch, "input": size}
     fns = {"forward": forward, "gradient": gradient, "rap": explain}
+    lrp = _captum_lrp(model)
+    if lrp is not None:  # the peer: Captum's LRP, on its own copy of the model (it sets rules)
+        def captum_lrp():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lrp.attribute(x.clone().requires_grad_(), target=target)
+        fns["captum_lrp"] = captum_lrp
     for label, seconds in timed(fns, device, warmup, repeats).items():
         row[f"{label}_ms"] = 1000 * seconds / batch
         row[f"{label}_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
     row["rap_weight_cache_mib"] = sum(t.numel() * t.element_size() for _, value in
                                       rap._cache.values() for t in _tensors(value)) / 2 ** 20
     row["rap_over_gradient"] = row["rap_ms"] / row["gradient_ms"]
+    if "captum_lrp_ms" in row:
+        row["rap_over_captum_lrp"] = row["rap_ms"] / row["captum_lrp_ms"]
     row["rap_memory_over_gradient"] = row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9)
     return row
+
+
+def _captum_lrp(model):
+    try:
+        from captum.attr import LRP
+    except ImportError:
+        return None
+    return LRP(copy.deepcopy(model))
 
 
 def _tensors(value):
@@ -127,15 +147,19 @@ def machine(device):
 
 
 def table(rows, title):
+    peer = all("captum_lrp_ms" in r for r in rows)
     lines = [title, "",
              "| model | batch | forward ms/img | gradient ms/img | RAP ms/img | RAP / gradient "
-             "| gradient peak MiB | RAP peak MiB | RAP / gradient memory |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| gradient peak MiB | RAP peak MiB | RAP / gradient memory |"
+             + (" Captum LRP ms/img | Captum LRP peak MiB |" if peer else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peer else "")]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['forward_ms']:.1f} | "
                      f"{r['gradient_ms']:.1f} | {r['rap_ms']:.1f} | {r['rap_over_gradient']:.2f}× "
                      f"| {r['gradient_peak_mib']:.0f} | {r['rap_peak_mib']:.0f} | "
-                     f"{r['rap_memory_over_gradient']:.2f}× |")
+                     f"{r['rap_memory_over_gradient']:.2f}× |"
+                     + (f" {r['captum_lrp_ms']:.1f} | {r['captum_lrp_peak_mib']:.0f} |"
+                        if peer else ""))
     lines.append("")
     lines.append("RAP keeps W+/|W-| per layer once per model (not in the peaks above): " + ", ".join(
         f"{r['model']} {r['rap_weight_cache_mib']:.0f} MiB" for r in rows if r["batch"] == rows[0]["batch"]))

@@ -71,6 +71,8 @@ def test_weights_file_and_bad_arguments(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["explain", "--model", "alexnet", "--out", str(tmp_path)]) == 2
     assert "unknown model 'alexnet'" in capsys.readouterr().err
+    assert cli.main(["explain", "--device", "gpu7", "--out", str(tmp_path)]) == 2
+    assert "is not a device" in capsys.readouterr().err
 
 
 def test_models_lists_the_registry(capsys):

@@ -110,10 +110,22 @@ def _target(text, class_names):
     raise _Failure(f"--target '{text}' is neither a class index nor a class name of this model")
 
 
+def _device(text):
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise _Failure(f"--device '{text}' is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _Failure(f"--device {text}: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def explain(args) -> int:
     if args.batch_size < 1:
         raise _Failure("--batch-size must be at least 1")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     name, (model, preprocess, class_names) = _load_model(args)
     model = model.to(device)
     spec = models.spec(name)
