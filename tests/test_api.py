@@ -228,3 +228,33 @@ def test_no_warning_in_eval_mode(vgg):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         explain(vgg, x())
+
+
+def test_register_rule_adds_a_new_kind():
+    """The README's recipe: a module of one's own with a rule of one's own."""
+    class Halve(nn.Module):
+        def forward(self, x):
+            return x / 2
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.halve, self.fc = nn.Conv2d(3, 4, 3), Halve(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.halve(self.conv(x).relu()).mean((2, 3)))
+
+    seen = []
+
+    @relprop.register_rule("halve", method="rap", needs_inputs=True)
+    def halve_rule(op, relevance, run):
+        (inp,) = run.args(op)
+        seen.append(inp.shape)
+        return (relevance,)
+
+    relprop.register_op(Halve, kind="halve", sign="same")
+    net = Net().double().eval()
+    e = explain(net, x(2, s=8, dtype=torch.float64))
+    assert seen == [torch.Size([2, 4, 6, 6])]
+    assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score)
+    assert RAP(net).graph.op("fc").input_nonneg  # sign='same' carried ReLU's fact through
