@@ -4,7 +4,8 @@
     python benchmarks/bench.py --models vgg16 --batches 1 8 --repeats 5
 
 Random weights (timing does not depend on them). Where Captum is installed
-(``pip install -e '.[bench]'``), its LRP is timed beside them as the peer. Writes JSON and a markdown table to
+(``pip install -e '.[bench]'``), its LRP is timed beside them, and so is Zennit's
+(EpsilonPlusFlat with the model's canonizer) where Zennit is installed. Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
 above what the model and the inputs already hold (CUDA: max allocated; CPU: the running sum of the
 allocations and frees torch's profiler records). The three methods are interleaved repeat by
@@ -111,11 +112,17 @@ def bench(name, batch, device, warmup, repeats):
                 warnings.simplefilter("ignore")
                 lrp.attribute(x.clone().requires_grad_(), target=target)
         fns["captum_lrp"] = captum_lrp
+    zennit = _zennit_lrp(name, model)
+    if zennit is not None:  # the other peer: Zennit's LRP (EpsilonPlusFlat with its canonizer)
+        attributor, onehot = zennit.__enter__(), torch.eye(1000, device=device)[target]
+        fns["zennit_lrp"] = lambda: attributor(x, onehot)
     for label, seconds in timed(fns, device, warmup, repeats).items():
         row[f"{label}_ms"] = 1000 * seconds / batch
         row[f"{label}_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
     row["rap_weight_cache_mib"] = sum(t.numel() * t.element_size() for _, value in
                                       rap._cache.values() for t in _tensors(value)) / 2 ** 20
+    if zennit is not None:
+        zennit.__exit__(None, None, None)
     row["rap_over_gradient"] = row["rap_ms"] / row["gradient_ms"]
     if "captum_lrp_ms" in row:
         row["rap_over_captum_lrp"] = row["rap_ms"] / row["captum_lrp_ms"]
@@ -129,6 +136,20 @@ def _captum_lrp(model):
     except ImportError:
         return None
     return LRP(copy.deepcopy(model))
+
+
+def _zennit_lrp(name, model):
+    try:
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.composites import EpsilonPlusFlat
+        from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    except ImportError:
+        return None
+    canonizer = {"vgg16": VGGCanonizer, "resnet50": ResNetCanonizer}.get(
+        name, SequentialMergeBatchNorm)
+    return Gradient(model=copy.deepcopy(model),
+                    composite=EpsilonPlusFlat(canonizers=[canonizer()]))
 
 
 def _tensors(value):
@@ -147,19 +168,21 @@ def machine(device):
 
 
 def table(rows, title):
-    peer = all("captum_lrp_ms" in r for r in rows)
+    peers = [(key, label) for key, label in (("captum_lrp", "Captum LRP"),
+                                              ("zennit_lrp", "Zennit LRP"))
+             if all(f"{key}_ms" in r for r in rows)]
     lines = [title, "",
              "| model | batch | forward ms/img | gradient ms/img | RAP ms/img | RAP / gradient "
              "| gradient peak MiB | RAP peak MiB | RAP / gradient memory |"
-             + (" Captum LRP ms/img | Captum LRP peak MiB |" if peer else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peer else "")]
+             + "".join(f" {label} ms/img | {label} peak MiB |" for _, label in peers),
+             "|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(peers)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['forward_ms']:.1f} | "
                      f"{r['gradient_ms']:.1f} | {r['rap_ms']:.1f} | {r['rap_over_gradient']:.2f}× "
                      f"| {r['gradient_peak_mib']:.0f} | {r['rap_peak_mib']:.0f} | "
                      f"{r['rap_memory_over_gradient']:.2f}× |"
-                     + (f" {r['captum_lrp_ms']:.1f} | {r['captum_lrp_peak_mib']:.0f} |"
-                        if peer else ""))
+                     + "".join(f" {r[key + '_ms']:.1f} | {r[key + '_peak_mib']:.0f} |"
+                               for key, _ in peers))
     lines.append("")
     lines.append("RAP keeps W+/|W-| per layer once per model (not in the peaks above): " + ", ".join(
         f"{r['model']} {r['rap_weight_cache_mib']:.0f} MiB" for r in rows if r["batch"] == rows[0]["batch"]))
@@ -179,7 +202,7 @@ def main(argv=None):
     gpu = device.type == "cuda"
     batches = a.batches or ([1, 32] if gpu else [1, 4])
     warmup = a.warmup if a.warmup is not None else (3 if gpu else 1)
-    repeats = a.repeats if a.repeats is not None else (10 if gpu else 3)
+    repeats = a.repeats if a.repeats is not None else (10 if gpu else 5)
     rows = []
     for name in a.models:
         for batch in batches:

@@ -32,6 +32,7 @@ def x(n=2, c=3, s=32, dtype=torch.float32):
     (torch.randn(1, 3, 32, 32).double(), r"model\.to\("),
     (torch.zeros(1, 3, 32, 32, dtype=torch.long), "floating point"),
     ([[1.0]], "must be a torch.Tensor"),
+    (torch.tensor(1.0), r"batch of shape \(N, C, H, W\)"),
 ])
 def test_bad_inputs_raise_clear_value_errors(vgg, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -258,3 +259,11 @@ def test_register_rule_adds_a_new_kind():
     assert seen == [torch.Size([2, 4, 6, 6])]
     assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score)
     assert RAP(net).graph.op("fc").input_nonneg  # sign='same' carried ReLU's fact through
+
+
+def test_mlp_inputs_need_a_batch_dimension():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with pytest.raises(ValueError, match="at least two dimensions"):
+        RAP(mlp).attribute(torch.rand(4))
+    e = RAP(mlp.double()).explain(torch.rand(5, 4, dtype=torch.float64))
+    assert torch.allclose(e.relevance.sum(1), e.score)

@@ -85,7 +85,7 @@ class RAP:
                     f"{e.op.source} at node '{e.op.name}' failed with: {e.error}. Check that the "
                     "inputs have the size and channel count the model expects."
                 ) from None
-            logits = run.output(self._plan.graph.op(self.graph.output))
+            logits = run.output(self.graph.op(self.graph.output))
             tgt = _targets(target, logits)
             start = torch.zeros_like(logits)
             start.scatter_(1, tgt.view(-1, *([1] * (logits.dim() - 1))).expand(
@@ -106,6 +106,9 @@ class RAP:
             hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == want - 1 else ""
             raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
                              f"{tuple(x.shape)}{hint}")
+        if x.dim() < 2:
+            raise ValueError(f"inputs must be a batch (N, ...) of at least two dimensions; got "
+                             f"shape {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("inputs is an empty batch (N = 0); pass at least one image")
         channels = _expected_channels(self.graph, first)
