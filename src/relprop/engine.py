@@ -8,18 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .graph import Graph, Op, Ref, resolve
+from .graph import Graph, Op, ref_names, resolve
 from .rules import get_rule
-
-
-def _ref_names(obj) -> list[str]:
-    if isinstance(obj, Ref):
-        return [obj.name]
-    if isinstance(obj, (list, tuple)):
-        return [n for x in obj for n in _ref_names(x)]
-    if isinstance(obj, dict):
-        return [n for x in obj.values() for n in _ref_names(x)]
-    return []
 
 
 class ForwardError(RuntimeError):
@@ -47,7 +37,7 @@ class Plan:
             rule = self.rules.get(op.name)
             if rule is None:
                 continue
-            refs = _ref_names((op.args, op.kwargs))
+            refs = ref_names((op.args, op.kwargs))
             for name in refs:
                 if rule.needs_inputs or name not in op.inputs:
                     keep(name, i)
@@ -57,7 +47,7 @@ class Plan:
         self.kept = set(keep_until)
         last_use: dict[str, int] = {}
         for i, op in enumerate(ops):
-            for name in _ref_names((op.args, op.kwargs)):
+            for name in ref_names((op.args, op.kwargs)):
                 last_use[name] = i
         self.free_forward: list[list[str]] = [[] for _ in ops]
         for name, i in last_use.items():

@@ -439,7 +439,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             output_name = alias.get(out.name, out.name)
             continue
         args, kwargs = sub(node.args), sub(node.kwargs)
-        refs = _refs((args, kwargs))
+        refs = ref_names((args, kwargs))
         deps = [status[r] for r in refs]
         tensor_refs = tuple(dict.fromkeys(r for r in refs if status[r] == "tensor"))
         path = _module_path(node)
@@ -465,7 +465,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
         inputs = ()
         if kind not in ("meta", "constant"):
             # Relevance goes to the input tensors among the op's positional arguments.
-            inputs = tuple(dict.fromkeys(r for r in _refs(norm.args) if status[r] == "tensor"))
+            inputs = tuple(dict.fromkeys(r for r in ref_names(norm.args) if status[r] == "tensor"))
         ops.append(Op(node.name, kind, norm.fn, norm.args, norm.kwargs, inputs, source, path,
                       sign=norm.sign))
         if _mutates_receiver(node) and isinstance(args[0], Ref):
@@ -482,20 +482,15 @@ def _fetch_attr(root: nn.Module, target: str) -> Attr:
     return Attr(root.get_submodule(owner) if owner else root, name)
 
 
-def _refs(obj) -> list[str]:
-    out: list[str] = []
-
-    def walk(a):
-        if isinstance(a, Ref):
-            out.append(a.name)
-        elif isinstance(a, (list, tuple)):
-            for x in a:
-                walk(x)
-        elif isinstance(a, dict):
-            for x in a.values():
-                walk(x)
-    walk(obj)
-    return out
+def ref_names(obj) -> list[str]:
+    """The names of the Refs in ``obj`` (nested lists, tuples, dicts), in order."""
+    if isinstance(obj, Ref):
+        return [obj.name]
+    if isinstance(obj, (list, tuple)):
+        return [n for x in obj for n in ref_names(x)]
+    if isinstance(obj, dict):
+        return [n for x in obj.values() for n in ref_names(x)]
+    return []
 
 
 def _is_meta(node: fx.Node) -> bool:
@@ -585,7 +580,7 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
     for op in reversed(resolved):
         if op.name in needed:
             keep.append(op)
-            needed.update(_refs((op.args, op.kwargs)))
+            needed.update(ref_names((op.args, op.kwargs)))
     return keep[::-1]
 
 
