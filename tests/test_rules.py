@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relprop.graph import Op, Ref
+from relprop.graph import Op, Ref, resolve
 from relprop.rules import common, rap
 
 D = torch.float64
@@ -18,17 +18,9 @@ def t(*v):
 
 def run_with(env=None, shapes=None):
     return SimpleNamespace(env=env or {}, shapes=shapes or {}, cache={},
-                           args=lambda op: tuple(_res(a, env or {}) for a in op.args),
+                           args=lambda op: resolve(op.args, env or {}),
                            kwargs=lambda op: op.kwargs, output=lambda op: env[op.name],
                            shape=lambda n: shapes[n])
-
-
-def _res(a, env):
-    if isinstance(a, Ref):
-        return env[a.name]
-    if isinstance(a, (list, tuple)):
-        return type(a)(_res(x, env) for x in a)
-    return a
 
 
 def make_op(kind, fn=None, args=(), kwargs=None, inputs=("x",), **extra):

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input
 
 
-def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b`` where ``b != 0``, exactly 0 where ``b == 0`` (rap-spec's safe division).
+def sdiv(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a / b`` where ``b != 0``, exactly 0 where ``b == 0`` (rap-spec's safe division), into
+    ``out`` if given.
 
     Dividing first and zeroing the non-finite quotients takes two passes instead of three; a
     quotient that overflows with ``b != 0`` (a denormal ``b``) becomes 0 too, not inf."""
-    return (a / b).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.div(a, b, out=out).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sample_sum(t: torch.Tensor) -> torch.Tensor:

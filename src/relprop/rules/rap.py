@@ -28,8 +28,7 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """Uniform shifting: move every non-zero entry of ``c`` by the same amount so that each
     sample sums to ``total`` (zeros stay zero; nothing moves where all are zero). In place."""
     zero = c == 0
-    dims = tuple(range(1, c.dim()))
-    count = (c[0].numel() - zero.sum(dims, keepdim=True)).to(c.dtype)
+    count = (c[0].numel() - sample_sum(zero)).to(c.dtype)
     delta = sdiv(sample_sum(c) - total, count)
     return c.sub_(delta).masked_fill_(zero, 0)
 
@@ -98,13 +97,11 @@ def _group(op, u, z, relevance, pair):
     s = torch.empty_like(z)  # Sa and Sb, laid out as the stacked map's output
     sa, sb = pair_views(op, s)
     if op.kind == "linear":  # R+ and R- both along Za
-        torch.div(relevance, za, out=sa)
+        sdiv(relevance, za, out=sa)
     else:  # R+ along Za, R- along Zb
-        torch.div(relevance.clamp(min=0), za, out=sa)
+        sdiv(relevance.clamp(min=0), za, out=sa)
     # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
-    torch.div(relevance, za + zb, out=sb)
-    sa.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    sb.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).masked_fill_(zb == 0, 0)
+    sdiv(relevance, za + zb, out=sb).masked_fill_(zb == 0, 0)
     if op.kind != "linear":
         sb.add_(sdiv(relevance.clamp(max=0), zb))
     c = lin_t(op, pair_join(op, s, sa, sb), pair, u.shape).mul_(u)
