@@ -7,14 +7,17 @@ Random weights (timing does not depend on them). Where Captum is installed
 (``pip install -e '.[bench]'``), its LRP is timed beside them, and so is Zennit's
 (EpsilonPlusFlat with the model's canonizer) where Zennit is installed. Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
-above what the model and the inputs already hold (CUDA: max allocated; CPU: the running sum of the
-allocations and frees torch's profiler records). The three methods are interleaved repeat by
-repeat, so that a machine whose speed drifts during the run affects them alike.
+above what the model and the inputs already hold (CUDA: max allocated; CPU: peak RSS, and in the
+JSON also the running sum of the allocations and frees torch's profiler records). The methods are
+interleaved repeat by repeat, so that a machine whose speed drifts during the run affects them
+alike.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import json
 import platform
 import statistics
@@ -36,11 +39,34 @@ def build(name):
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
+def peak_rss(fn) -> int | None:
+    """Peak resident memory of the process during one call of ``fn``, above what it held before
+    (Linux; None elsewhere). Freed heap is handed back to the system first and the kernel's
+    high-water mark reset, so the peak is this call's own."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        gc.collect()
+        libc.malloc_trim(0)
+        base = _status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+    fn()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
 def peak_memory(fn, device) -> int:
     """Peak bytes of tensors that one call of ``fn`` holds at once, above what was held before.
 
     CUDA: the caching allocator's max allocated. CPU: the running sum of the allocations and
-    frees that torch's profiler records (the process RSS cannot say it: freed heap is reused).
+    frees that torch's profiler records (tensors only, without the allocator's overhead).
     """
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -118,7 +144,9 @@ def bench(name, batch, device, warmup, repeats):
         fns["zennit_lrp"] = lambda: attributor(x, onehot)
     for label, seconds in timed(fns, device, warmup, repeats).items():
         row[f"{label}_ms"] = 1000 * seconds / batch
-        row[f"{label}_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
+        row[f"{label}_alloc_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
+        rss = peak_rss(fns[label]) if device.type == "cpu" else None
+        row[f"{label}_peak_mib"] = row[f"{label}_alloc_peak_mib"] if rss is None else rss / 2 ** 20
     row["rap_weight_cache_mib"] = sum(t.numel() * t.element_size() for _, value in
                                       rap._cache.values() for t in _tensors(value)) / 2 ** 20
     if zennit is not None:
@@ -208,8 +236,10 @@ def main(argv=None):
         for batch in batches:
             rows.append(bench(name, batch, device, warmup, repeats))
             print(json.dumps(rows[-1]), flush=True)
+    memory = "max allocated" if gpu else "peak RSS"
     title = (f"relprop {device.type} benchmark on {machine(device)}, torch {torch.__version__}, "
-             f"median of {repeats} after {warmup} warm-up")
+             f"median of {repeats} after {warmup} warm-up; peak memory: {memory} above the "
+             f"model and inputs")
     md = table(rows, title)
     print(md)
     out = Path(a.out)

@@ -259,6 +259,10 @@ def test_register_rule_adds_a_new_kind():
     assert seen == [torch.Size([2, 4, 6, 6])]
     assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score)
     assert RAP(net).graph.op("fc").input_nonneg  # sign='same' carried ReLU's fact through
+    # A rule that names no dtypes is trusted in float32/float64 only.
+    half = Net().bfloat16().eval()
+    with pytest.raises(ValueError, match="not tested in torch.bfloat16 for ops of kind halve"):
+        explain(half, x(1, s=8, dtype=torch.bfloat16))
 
 
 def test_mlp_inputs_need_a_batch_dimension():

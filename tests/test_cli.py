@@ -75,6 +75,15 @@ def test_weights_file_and_bad_arguments(tmp_path, capsys):
     assert "is not a device" in capsys.readouterr().err
 
 
+def test_bfloat16_refused_where_untested(tmp_path, capsys):
+    """EfficientNet-Lite0 has residual additions, whose rule is not tested in bfloat16."""
+    code = cli.main(["explain", "--model", "efficientnet_lite0", "--dtype", "bfloat16",
+                     "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not tested in torch.bfloat16 for ops of kind add" in err and "Traceback" not in err
+
+
 def test_models_lists_the_registry(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out

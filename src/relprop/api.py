@@ -124,6 +124,21 @@ class RAP:
             raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
                              f"on {param.device}; move one to the other, e.g. "
                              f"model.to(inputs.device, inputs.dtype)")
+        self._check_precision(x.dtype)
+
+    def _check_precision(self, dtype: torch.dtype) -> None:
+        untested = self._plan.untested_in(dtype)
+        if not untested:
+            return
+        kinds = sorted({op.kind for op in untested})
+        where = ", ".join(f"'{op.name}' ({op.source})" for op in untested[:3])
+        more = f" and {len(untested) - 3} more" if len(untested) > 3 else ""
+        raise ValueError(
+            f"{self.method.upper()} is not tested in {dtype} for ops of kind {', '.join(kinds)}: "
+            f"{where}{more}. Half-precision heat maps stay close to float32's only where a test "
+            "shows it (bfloat16 for networks without residual additions, such as VGG and "
+            "Inception-V3; float16 nowhere: relevance quotients leave its range). Explain in "
+            "float32: model.float() and inputs.float().")
 
 
 def _expected_channels(graph, first) -> int | None:

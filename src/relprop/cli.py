@@ -18,6 +18,7 @@ from .errors import UnsupportedOperation, UntraceableModel
 from .rules import methods
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # pictures scikit-image ships
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
                                                    "available)")
     ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                    help="precision of the model and the propagation (bfloat16: networks "
+                         "without residual additions, such as VGG; default float32)")
     sub.add_parser("models", help="list the registered models")
     args = parser.parse_args(argv)
     if args.command == "models":
@@ -127,7 +131,8 @@ def explain(args) -> int:
         raise _Failure("--batch-size must be at least 1")
     device = _device(args.device)
     name, (model, preprocess, class_names) = _load_model(args)
-    model = model.to(device)
+    dtype = DTYPES[args.dtype]
+    model = model.to(device, dtype)
     spec = models.spec(name)
     target = _target(args.target, class_names)
     try:
@@ -145,7 +150,7 @@ def explain(args) -> int:
     def flush():
         if not pending:
             return
-        batch = torch.stack([preprocess(img) for _, img in pending]).to(device)
+        batch = torch.stack([preprocess(img) for _, img in pending]).to(device, dtype)
         try:
             e = explainer.explain(batch, target)
         except ValueError as err:

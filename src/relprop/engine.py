@@ -57,6 +57,11 @@ class Plan:
         for name, i in keep_until.items():
             self.free_backward[i].append(name)
 
+    def untested_in(self, dtype: torch.dtype) -> list[Op]:
+        """The ops whose rule is not tested in ``dtype``."""
+        return [op for op in self.graph.ops
+                if op.name in self.rules and dtype not in self.rules[op.name].dtypes]
+
 
 class Run:
     """The values one forward pass kept, as the rules see them."""

@@ -8,13 +8,22 @@ lives as long as the explainer (for weights derived once per model).
 
 Rules shared by every propagation method are registered under ``method='*'``; a method's own
 rule for a kind takes precedence.
+
+Each rule names the floating-point types it is tested in. A type enters that list only where a
+test shows the heat maps stay within a stated tolerance of float64/float32 (``tests/
+test_precision.py``), so that a model run in a half type is explained only where that holds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from ..errors import UnsupportedOperation
+
+FULL = frozenset({torch.float32, torch.float64})
+WITH_BFLOAT16 = FULL | {torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -22,20 +31,24 @@ class Rule:
     fn: Callable
     needs_inputs: bool  # the forward pass must keep the op's tensor inputs
     needs_output: bool  # ... and its output
+    dtypes: frozenset = FULL  # the floating-point types the rule is tested in
 
 
 _RULES: dict[str, dict[str, Rule]] = {}
 
 
 def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
-                  needs_inputs: bool = True, needs_output: bool = False):
+                  needs_inputs: bool = True, needs_output: bool = False,
+                  dtypes=FULL):
     """Register ``fn`` as the rule for ops of ``kind`` under ``method`` (usable as decorator).
 
     Say what the rule reads, so that the forward pass keeps only that: ``needs_inputs`` for the
-    op's input tensors, ``needs_output`` for its output.
+    op's input tensors, ``needs_output`` for its output; and in which floating-point ``dtypes``
+    its results are tested (float32 and float64 unless a test shows more).
     """
     def deco(f):
-        _RULES.setdefault(method, {})[kind] = Rule(f, needs_inputs, needs_output)
+        _RULES.setdefault(method, {})[kind] = Rule(f, needs_inputs, needs_output,
+                                                   frozenset(dtypes))
         return f
     return deco(fn) if fn is not None else deco
 

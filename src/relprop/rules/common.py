@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..graph import resolve
-from . import register_rule
+from . import WITH_BFLOAT16, register_rule
 from .algebra import sdiv
 
 
@@ -13,19 +13,19 @@ def _fit(r: torch.Tensor, shape) -> torch.Tensor:
     return r if r.shape == shape else r.sum_to_size(shape)
 
 
-@register_rule("passthrough", method="*", needs_inputs=False)
+@register_rule("passthrough", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def passthrough(op, relevance, run):
     """Elementwise ops (ReLU, dropout, ``x * c + t``): relevance passes unchanged."""
     return (_fit(relevance, run.shape(op.inputs[0])),)
 
 
-@register_rule("batchnorm", method="*", needs_inputs=False)
+@register_rule("batchnorm", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def batchnorm(op, relevance, run):
     """rap-spec §7.1: BatchNorm passes relevance through everywhere."""
     return (relevance,)
 
 
-@register_rule("movement", method="*", needs_inputs=False)
+@register_rule("movement", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def movement(op, relevance, run):
     """Reshape, slicing, ``cat``, padding: relevance goes back to the positions it came from.
 
@@ -42,7 +42,7 @@ def movement(op, relevance, run):
     return tuple(grads)
 
 
-@register_rule("pool", method="*", needs_output=True)
+@register_rule("pool", method="*", needs_output=True, dtypes=WITH_BFLOAT16)
 def pool(op, relevance, run):
     """z-rule for pooling: ``x * d(Z * R/Z)/dx``; max pooling gives the relevance to the winner,
     average pooling shares it in proportion to the inputs (rap-spec §5)."""
@@ -58,7 +58,11 @@ def pool(op, relevance, run):
 
 @register_rule("add", method="*", needs_output=True)
 def add(op, relevance, run):
-    """z-rule for the sum of two tensors: each operand gets its share of the sum."""
+    """z-rule for the sum of two tensors: each operand gets its share of the sum.
+
+    Float32 and float64 only: where a residual sum is near zero its operands are large and
+    opposite, and bfloat16's rounding of them decides the shares (ResNet-18's heat maps in
+    bfloat16 correlate 0.08-0.83 with float32's)."""
     a, b = run.args(op)
     s = sdiv(relevance, run.output(op))
     shares = {}

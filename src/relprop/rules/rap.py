@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import register_rule
+from . import WITH_BFLOAT16, register_rule
 from .algebra import (cached, lin, lin_t, pair_join, pair_views, sample_sum, sdiv,
                       split_pair, stack_pair)
 
@@ -33,8 +33,8 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return c.sub_(delta).masked_fill_(zero, 0)
 
 
-@register_rule("linear", method="rap", needs_inputs=True)
-@register_rule("conv", method="rap", needs_inputs=True)
+@register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
+@register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 def layer(op, relevance, run):
     x, w, b = run.args(op)
     if op.role == "output":
