@@ -10,7 +10,7 @@ benchmarks/results/ and prints the table. Times are medians in ms per image; mem
 above what the model and the inputs already hold (CUDA: max allocated; CPU: peak RSS, and in the
 JSON also the running sum of the allocations and frees torch's profiler records). The methods are
 interleaved repeat by repeat, so that a machine whose speed drifts during the run affects them
-alike.
+alike. On a GPU every method runs in float32 without TF32, as RAP does.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import torch
 import torchvision
 
 from relprop import RAP
+from relprop.api import exact_float32
 
 SIZES = {"vgg16": 224, "resnet50": 224, "inception_v3": 299}
 
@@ -232,14 +233,15 @@ def main(argv=None):
     warmup = a.warmup if a.warmup is not None else (3 if gpu else 1)
     repeats = a.repeats if a.repeats is not None else (10 if gpu else 5)
     rows = []
-    for name in a.models:
-        for batch in batches:
-            rows.append(bench(name, batch, device, warmup, repeats))
-            print(json.dumps(rows[-1]), flush=True)
+    with exact_float32():  # RAP turns TF32 off for itself; the others compute alike
+        for name in a.models:
+            for batch in batches:
+                rows.append(bench(name, batch, device, warmup, repeats))
+                print(json.dumps(rows[-1]), flush=True)
     memory = "max allocated" if gpu else "peak RSS"
     title = (f"relprop {device.type} benchmark on {machine(device)}, torch {torch.__version__}, "
              f"median of {repeats} after {warmup} warm-up; peak memory: {memory} above the "
-             f"model and inputs")
+             f"model and inputs" + ("; float32 without TF32" if gpu else ""))
     md = table(rows, title)
     print(md)
     out = Path(a.out)

@@ -271,3 +271,28 @@ def test_mlp_inputs_need_a_batch_dimension():
         RAP(mlp).attribute(torch.rand(4))
     e = RAP(mlp.double()).explain(torch.rand(5, 4, dtype=torch.float64))
     assert torch.allclose(e.relevance.sum(1), e.score)
+
+
+def test_tf32_is_off_while_explaining_and_restored_after():
+    """cuDNN's default TF32 convolutions would change residual networks' maps (see api)."""
+    conv = torch.backends.cudnn.conv
+    if not hasattr(conv, "fp32_precision"):
+        pytest.skip("torch < 2.9: no fp32_precision settings")
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, t):
+            seen.append(conv.fp32_precision)
+            return t
+
+    relprop.register_op(Probe, kind="passthrough")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Probe(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).eval()
+    before = conv.fp32_precision
+    conv.fp32_precision = "tf32"
+    try:
+        RAP(net).attribute(x(1, s=8))
+        assert seen == ["ieee"]
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = before

@@ -76,7 +76,7 @@ class RAP:
 
     def explain(self, inputs: torch.Tensor, target: Target = None) -> Explanation:
         self._check_inputs(inputs)
-        with torch.no_grad(), _eval_mode(self.model):
+        with torch.no_grad(), _eval_mode(self.model), exact_float32():
             try:
                 run = engine.forward(self._plan, inputs, self._cache)
             except engine.ForwardError as e:
@@ -191,6 +191,32 @@ def _eval_mode(model: nn.Module):
     finally:
         for m in training:
             m.training = True
+
+
+@contextmanager
+def exact_float32():
+    """Full float32 arithmetic in convolutions and matrix products while explaining.
+
+    cuDNN runs float32 convolutions in TF32 by default on recent GPUs; its 10-bit mantissa makes
+    residual networks' maps another picture (ResNet-50 with TF32 rounding emulated on the CPU:
+    correlation 0.35-0.49 with float32), as bfloat16 does. The caller's settings come back.
+    """
+    backends = torch.backends
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        settings = [(backends.cudnn.conv, "fp32_precision"), (backends.cuda.matmul, "fp32_precision"),
+                    (backends.mkldnn.conv, "fp32_precision"), (backends.mkldnn.matmul, "fp32_precision")]
+        exact = "ieee"
+    else:
+        settings = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
+        exact = False
+    saved = [getattr(owner, name) for owner, name in settings]
+    for owner, name in settings:
+        setattr(owner, name, exact)
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(settings, saved):
+            setattr(owner, name, value)
 
 
 _EXPLAINERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
