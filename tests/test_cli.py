@@ -82,6 +82,7 @@ def test_bfloat16_refused_where_untested(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "not tested in torch.bfloat16 for ops of kind add" in err and "Traceback" not in err
+    assert "--dtype float32" in err and not (tmp_path / "summary.json").exists()
 
 
 def test_models_lists_the_registry(capsys):

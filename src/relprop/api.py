@@ -124,9 +124,10 @@ class RAP:
             raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
                              f"on {param.device}; move one to the other, e.g. "
                              f"model.to(inputs.device, inputs.dtype)")
-        self._check_precision(x.dtype)
+        self.check_precision(x.dtype)
 
-    def _check_precision(self, dtype: torch.dtype) -> None:
+    def check_precision(self, dtype: torch.dtype) -> None:
+        """Raise a ValueError if this model has ops whose rule is not tested in ``dtype``."""
         untested = self._plan.untested_in(dtype)
         if not untested:
             return
@@ -138,7 +139,7 @@ class RAP:
             f"{where}{more}. Half-precision heat maps stay close to float32's only where a test "
             "shows it (bfloat16 for networks without residual additions, such as VGG and "
             "Inception-V3; float16 nowhere: relevance quotients leave its range). Explain in "
-            "float32: model.float() and inputs.float().")
+            "float32: model.float() and inputs.float(), or --dtype float32.")
 
 
 def _expected_channels(graph, first) -> int | None:

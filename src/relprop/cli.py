@@ -137,7 +137,8 @@ def explain(args) -> int:
     target = _target(args.target, class_names)
     try:
         explainer = RAP(model)
-    except (UnsupportedOperation, UntraceableModel) as e:
+        explainer.check_precision(dtype)
+    except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise _Failure(str(e)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
