@@ -204,8 +204,9 @@ def exact_float32():
     """
     backends = torch.backends
     if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
-        settings = [(backends.cudnn.conv, "fp32_precision"), (backends.cuda.matmul, "fp32_precision"),
-                    (backends.mkldnn.conv, "fp32_precision"), (backends.mkldnn.matmul, "fp32_precision")]
+        owners = (backends.cudnn.conv, backends.cuda.matmul, backends.mkldnn.conv,
+                  backends.mkldnn.matmul)
+        settings = [(owner, "fp32_precision") for owner in owners]
         exact = "ieee"
     else:
         settings = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
