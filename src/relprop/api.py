@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import engine
+from .errors import ForwardError
 from .graph import Attr, pad_spec, trace
 from .rules import methods
 
@@ -79,7 +80,7 @@ class RAP:
         with torch.no_grad(), _eval_mode(self.model), exact_float32():
             try:
                 run = engine.forward(self._plan, inputs, self._cache)
-            except engine.ForwardError as e:
+            except ForwardError as e:
                 raise ValueError(
                     f"the model could not run on inputs of shape {tuple(inputs.shape)}: "
                     f"{e.op.source} at node '{e.op.name}' failed with: {e.error}. Check that the "

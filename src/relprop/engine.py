@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ForwardError
 from .graph import Graph, Op, ref_names, resolve
 from .rules import get_rule
-
-
-class ForwardError(RuntimeError):
-    """The model failed on the given inputs; carries the op where it did."""
-
-    def __init__(self, op: Op, error: Exception):
-        self.op, self.error = op, error
-        super().__init__(f"{op.source} at graph node '{op.name}': {error}")
 
 
 class Plan:

@@ -26,5 +26,18 @@ class UntraceableModel(TypeError):
     """torch.fx could not trace the model (data-dependent control flow and the like)."""
 
 
+class ForwardError(RuntimeError):
+    """The model failed on the given inputs; carries the op where it did."""
+
+    def __init__(self, op, error: Exception):
+        self.op, self.error = op, error
+        super().__init__(f"{op.source} at graph node '{op.name}': {error}")
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights of a registered model can be had neither from the cache nor the network, or a
+    weights file does not hold weights for the model."""
+
+
 def _short(op: str) -> str:
     return op.split(" ", 1)[-1]

@@ -16,9 +16,7 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
-
-class WeightsUnavailable(RuntimeError):
-    """The weights of a registered model can be had neither from the cache nor the network."""
+from .errors import WeightsUnavailable
 
 
 @dataclass(frozen=True)
