@@ -17,7 +17,7 @@ def t(*v):
 
 
 def run_with(env=None, shapes=None):
-    return SimpleNamespace(env=env or {}, shapes=shapes or {}, cache={},
+    return SimpleNamespace(env=env or {}, shapes=shapes or {},
                            args=lambda op: resolve(op.args, env or {}),
                            kwargs=lambda op: op.kwargs, output=lambda op: env[op.name],
                            shape=lambda n: shapes[n])
@@ -89,15 +89,15 @@ def test_shift_moves_nonzero_entries_uniformly():
 def test_output_layer_by_hand():
     # x = [1, 2], W = [[1, -1]], b = 0.5: C = [0.5, -1], logit -0.5,
     # R = |C| * sum(C) / sum(|C|) = [-1/6, -1/3].
-    op = make_op("linear", role="output", input_nonneg=True)
-    out = rap.output_layer(op, t([1, 2]), t([1, -1]), t(0.5), t([1.0]), run_with())
+    op = make_op("linear", input_nonneg=True)
+    out = rap.output_layer(op, t([1, 2]), t([1, -1]), t(0.5), t([1.0]), score=t(-0.5))
     assert torch.allclose(out, t([-1 / 6, -1 / 3]))
 
 
 def test_input_layer_zb_by_hand():
     # x = [1, -1], W = [[2, 1]], L = -1, H = 1: Z = 4, R = 2 -> R_in = [2, 0].
-    op = make_op("linear", role="input")
-    out = rap.input_layer(op, t([1, -1]), t([2, 1]), t([2.0]), run_with())
+    op = make_op("linear")
+    out = rap.input_layer(op, t([1, -1]), t([2, 1]), t([2.0]))
     assert torch.allclose(out, t([2, 0]))
 
 
@@ -155,8 +155,8 @@ def test_hidden_conv_matches_independent_formula(cfg, signed):
                     dtype=D)
     out = F.conv2d(x, w, None, **kw)
     r = torch.randn(out.shape, generator=g, dtype=D) * (out.abs() > 0.3)
-    op = make_op("conv", kwargs=kw, role="hidden", input_nonneg=not signed)
-    ours = rap.hidden_layer(op, x, w, r, run_with())
+    op = make_op("conv", kwargs=kw, input_nonneg=not signed)
+    ours = rap.hidden_layer(op, x, w, r)
 
     def lin(a, b):
         return F.conv2d(a, b, None, **kw)
@@ -172,6 +172,6 @@ def test_hidden_linear_matches_independent_formula(signed):
     x = x if signed else x.relu()
     w = torch.randn(7, 10, generator=g, dtype=D)
     r = torch.randn(3, 7, generator=g, dtype=D)
-    op = make_op("linear", role="hidden", input_nonneg=not signed)
-    ours = rap.hidden_layer(op, x, w, r, run_with())
+    op = make_op("linear", input_nonneg=not signed)
+    ours = rap.hidden_layer(op, x, w, r)
     assert torch.allclose(ours, _reference_hidden(F.linear, x, w, r, linear=True), atol=1e-12)

@@ -1,9 +1,20 @@
 """relprop: Relative Attributing Propagation (RAP) for unmodified PyTorch image classifiers."""
+import importlib
+
 from .api import RAP, Explanation, explain
 from .errors import UnsupportedOperation, UntraceableModel
-from .graph import register_op, trace
+from .graph import trace
+from .ops import register_op
 from .rules import methods, register_rule
 
 __version__ = "0.1.0"
 __all__ = ["RAP", "Explanation", "explain", "UnsupportedOperation", "UntraceableModel",
-           "register_op", "register_rule", "methods", "trace"]
+           "register_op", "register_rule", "methods", "trace", "models", "plot"]
+
+_LAZY = {"models", "plot"}  # torchvision's model zoo and matplotlib load only when used
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'relprop' has no attribute '{name}'")

@@ -2,6 +2,8 @@
 returning an :class:`Explanation` with everything a plot or a table needs."""
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 import weakref
 from contextlib import contextmanager
@@ -13,7 +15,9 @@ import torch.nn as nn
 
 from . import engine
 from .errors import ForwardError
-from .graph import Attr, pad_spec, trace
+from .graph import ModuleTree, eval_mode, trace, unwrap
+from .ir import Attr
+from .ops import pad_spec
 from .rules import methods
 
 Target = Union[None, int, Sequence[int], torch.Tensor]
@@ -24,13 +28,15 @@ class Explanation:
     """The relevance of each input entry for one class per image.
 
     ``relevance`` has the shape of the inputs and sums, per image, to ``score`` (the explained
-    logit). Positive values support the class, negative values speak against it.
+    score: the target's logit, or the sum of its map for a model with a spatial output);
+    ``delta`` says how far from that it is, as Captum's convergence delta. Positive values
+    support the class, negative values speak against it.
     """
 
     relevance: torch.Tensor
     target: torch.Tensor  # (N,) the explained class per image
-    score: torch.Tensor  # (N,) the explained logit per image
-    logits: torch.Tensor  # (N, K) the model output
+    score: torch.Tensor  # (N,) the explained score per image
+    logits: torch.Tensor  # (N, K) or (N, K, ...) the model output
     method: str
 
     @property
@@ -47,15 +53,24 @@ class Explanation:
         return self.relevance.clamp(max=0)
 
     @property
+    def delta(self) -> torch.Tensor:
+        """(N,) sum of the relevance minus the explained score: 0 up to rounding for a method
+        that conserves."""
+        return self.relevance.flatten(1).sum(1) - self.score
+
+    @property
     def probabilities(self) -> torch.Tensor:
-        return self.logits.softmax(-1)
+        """(N, K) softmax over the classes' scores."""
+        return class_scores(self.logits).softmax(1)
 
 
 class RAP:
     """Relative Attributing Propagation for an unmodified model.
 
-    The model is traced once; ``attribute`` can then be called on any number of batches. The
-    model itself is never changed: its parameters, hooks and ``training`` flag stay as they were.
+    The model is traced once, and again whenever its module tree changed (a replaced head, an
+    inserted layer); ``attribute`` can then be called on any number of batches. Weights are read
+    at every call, so in-place edits of them are always seen. The model itself is never changed:
+    its parameters, hooks and every submodule's ``training`` flag stay as they were.
 
     >>> rap = RAP(torchvision.models.vgg16(weights="DEFAULT"))
     >>> relevance = rap.attribute(images, target=None)   # predicted class per image
@@ -66,20 +81,39 @@ class RAP:
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"RAP expects a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        model = unwrap(model)
+        self._model = weakref.ref(model)
+        self._owner: nn.Module | None = model  # None where a cache must not keep the model alive
+        self._trace(model)
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this explainer no longer exists")
+        return model
+
+    def _trace(self, model: nn.Module) -> None:
         self.graph = trace(model)
         self._plan = engine.Plan(self.graph, self.method)
-        self._cache: dict = {}
+        self._tree = ModuleTree(model)
 
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
         """Relevance of every input entry, shaped like ``inputs``."""
         return self.explain(inputs, target).relevance
 
     def explain(self, inputs: torch.Tensor, target: Target = None) -> Explanation:
+        model = self.model
+        if not self._tree.matches(model):
+            self._trace(model)
         self._check_inputs(inputs)
-        with torch.no_grad(), _eval_mode(self.model), exact_float32():
+        _warn_if_training(model)
+        # inference_mode(False): pooling and reshapes route relevance through autograd.
+        with torch.inference_mode(False), torch.no_grad(), eval_mode(model), exact_float32():
+            if inputs.is_inference():
+                inputs = inputs.clone()
             try:
-                run = engine.forward(self._plan, inputs, self._cache)
+                run = engine.forward(self._plan, inputs)
             except ForwardError as e:
                 raise ValueError(
                     f"the model could not run on inputs of shape {tuple(inputs.shape)}: "
@@ -87,13 +121,15 @@ class RAP:
                     "inputs have the size and channel count the model expects."
                 ) from None
             logits = run.output(self.graph.op(self.graph.output))
-            tgt = _targets(target, logits)
+            _check_finite(logits)
+            scores = class_scores(logits)
+            tgt = _targets(target, scores)
+            run.score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
             start = torch.zeros_like(logits)
             start.scatter_(1, tgt.view(-1, *([1] * (logits.dim() - 1))).expand(
                 -1, 1, *logits.shape[2:]), 1.0)
             relevance = engine.backward(self._plan, run, start)
-        score = logits.reshape(len(logits), -1).gather(1, tgt.view(-1, 1)).squeeze(1)
-        return Explanation(relevance, tgt, score, logits.detach(), self.method)
+        return Explanation(relevance, tgt, run.score, logits.detach(), self.method)
 
     def _check_inputs(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -161,12 +197,40 @@ def _expected_channels(graph, first) -> int | None:
     return weight.shape[1] * first.kwargs["groups"]
 
 
-def _targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    n, k = logits.shape[0], logits.shape[1]
+def class_scores(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K): one score per class; a spatial output's class map is summed over its positions
+    (rap-spec §7.4)."""
+    return logits.flatten(2).sum(-1) if logits.dim() > 2 else logits
+
+
+def _check_finite(logits: torch.Tensor) -> None:
+    bad = ~torch.isfinite(logits.flatten(1)).all(1)
+    if bad.any():
+        images = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"the model's output is not finite (NaN or Inf) for image(s) {images[:10]} of the "
+            "batch: no score to explain. Check the model's weights and buffers for NaN/Inf "
+            "(e.g. torch.isfinite(p).all() for p in model.parameters()) and the inputs' scale.")
+
+
+def _targets(target: Target, scores: torch.Tensor) -> torch.Tensor:
+    n, k = scores.shape
     if target is None:
-        return logits.reshape(n, k, -1).amax(-1).argmax(1)
-    t = torch.as_tensor(target, device=logits.device).reshape(-1)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        return scores.argmax(1)
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and
+                                   any(isinstance(t, str) for t in target)):
+        raise ValueError(f"target must be class indices (int), got the name {target!r}; look "
+                         "the index up in the class names, e.g. "
+                         "relprop.models.load(name)[2].index('tabby')")
+    try:
+        t = torch.as_tensor(target, device=scores.device).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"target must be None, an int, a list of ints or an integer tensor; "
+                         f"got {target!r} ({e})") from None
+    if t.numel() == 0:
+        raise ValueError("target is empty; give one class, one class per image, or None for the "
+                         "predicted class")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
         raise ValueError(f"target must be class indices (int), got {t.dtype}")
     if t.numel() == 1:
         t = t.expand(n)
@@ -179,20 +243,19 @@ def _targets(target: Target, logits: torch.Tensor) -> torch.Tensor:
     return t.long()
 
 
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Explain in eval mode; give every submodule back the mode it had."""
-    training = [m for m in model.modules() if m.training]
-    if training:
-        warnings.warn(f"{type(model).__name__} is in training mode; relprop explains it in eval "
-                      "mode (running BatchNorm statistics, no dropout) and restores its mode "
-                      "afterwards", stacklevel=4)
-        model.eval()
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _warn_if_training(model: nn.Module) -> None:
+    """Say that a training model is explained in eval mode, pointing at the caller's line."""
+    if not any(m.training for m in model.modules()):
+        return
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"{type(model).__name__} has modules in training mode; relprop explains it in "
+                  "eval mode (running BatchNorm statistics, no dropout) and gives every module "
+                  "its own mode back afterwards", stacklevel=level)
 
 
 @contextmanager
@@ -230,14 +293,21 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
             method: str = "rap") -> Explanation:
     """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted).
 
-    The traced graph is kept per model, so calling this in a loop traces once.
+    The traced graph is kept per model, so calling this in a loop traces once; it holds the
+    model weakly (a model the caller drops is freed) and re-traces a model whose modules changed.
     """
     if method not in _METHODS:
         raise ValueError(f"unknown method '{method}'; available: {', '.join(sorted(_METHODS))}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"explain expects a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     per_model = _EXPLAINERS.setdefault(model, {})
-    if method not in per_model:
-        per_model[method] = _METHODS[method](model)
-    return per_model[method].explain(inputs, target)
+    explainer = per_model.get(method)
+    if explainer is None:
+        explainer = _METHODS[method](model)
+        explainer._owner = None
+        per_model[method] = explainer
+    return explainer.explain(inputs, target)
 
 
 __all__ = ["RAP", "Explanation", "explain", "methods"]

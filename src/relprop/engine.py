@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from .errors import ForwardError
-from .graph import Graph, Op, ref_names, resolve
-from .rules import get_rule
+from .ir import Graph, Op, ref_names, resolve
+from .rules import analyse, get_rule
 
 
 class Plan:
@@ -18,6 +18,7 @@ class Plan:
 
     def __init__(self, graph: Graph, method: str):
         self.graph, self.method = graph, method
+        self.notes = analyse(method, graph)
         ops = graph.ops
         self.rules = {op.name: get_rule(method, op) for op in ops
                       if op.kind not in ("meta", "constant")}
@@ -57,10 +58,14 @@ class Plan:
 
 
 class Run:
-    """The values one forward pass kept, as the rules see them."""
+    """The values one forward pass kept, as the rules see them, and the explained score."""
 
-    def __init__(self, env: dict, shapes: dict, cache: dict):
-        self.env, self.shapes, self.cache = env, shapes, cache
+    def __init__(self, env: dict, shapes: dict, notes: dict):
+        self.env, self.shapes, self.notes = env, shapes, notes
+        self.score: torch.Tensor | None = None  # (N,) set by the caller before the sweep
+
+    def note(self, op: Op) -> dict:
+        return self.notes.get(op.name, {})
 
     def args(self, op: Op) -> tuple:
         return resolve(op.args, self.env)
@@ -75,7 +80,7 @@ class Run:
         return self.shapes[name]
 
 
-def forward(plan: Plan, x: torch.Tensor, cache: dict) -> Run:
+def forward(plan: Plan, x: torch.Tensor) -> Run:
     graph = plan.graph
     env = {graph.input: x}
     shapes = {graph.input: x.shape}
@@ -89,7 +94,7 @@ def forward(plan: Plan, x: torch.Tensor, cache: dict) -> Run:
             shapes[op.name] = value.shape
         for name in plan.free_forward[i]:
             env.pop(name, None)
-    return Run(env, shapes, cache)
+    return Run(env, shapes, plan.notes)
 
 
 def backward(plan: Plan, run: Run, relevance: torch.Tensor) -> torch.Tensor:
@@ -102,6 +107,11 @@ def backward(plan: Plan, run: Run, relevance: torch.Tensor) -> torch.Tensor:
         r = total.pop(op.name, None)
         if r is not None and op.name in plan.rules:
             shares = plan.rules[op.name].fn(op, r, run)
+            if len(shares) != len(op.inputs):
+                raise RuntimeError(
+                    f"the '{plan.method}' rule for ops of kind '{op.kind}' returned "
+                    f"{len(shares)} relevance tensors for the {len(op.inputs)} inputs of "
+                    f"'{op.name}' ({op.source}); a rule returns one per input, None for none")
             for name, share in zip(op.inputs, shares):
                 if share is None:
                     continue

@@ -40,4 +40,9 @@ class WeightsUnavailable(RuntimeError):
 
 
 def _short(op: str) -> str:
-    return op.split(" ", 1)[-1]
+    """What to pass to register_op for an op described as 'module X', 'method Tensor.x' or
+    'function mod.f': the class, the method's name, or the function."""
+    kind, _, name = op.partition(" ")
+    if kind == "method":
+        return repr(name.rpartition(".")[2])
+    return name

@@ -3,8 +3,16 @@
 A rule is ``rule(op, relevance, run) -> tuple`` giving the relevance of each of ``op.inputs``
 (``None`` for an input that gets none). ``run`` is the :class:`relprop.engine.Run` of the current
 pass: ``run.args(op)`` gives the op's arguments as they were in the forward pass,
-``run.output(op)`` its output, ``run.shape(name)`` a tensor's shape and ``run.cache`` a dict that
-lives as long as the explainer (for weights derived once per model).
+``run.output(op)`` its output, ``run.shape(name)`` a tensor's shape, ``run.score`` the explained
+score per sample and ``run.note(op)`` what the method's own analysis of the graph said of the op.
+
+A method may register an analysis, ``analysis(graph) -> {op name: {...}}``: the roles its rules
+need (RAP's first and output layers), worked out once per traced graph and kept beside it, so
+the graph itself stays free of any one method's ideas.
+
+Weights are read when the rule runs and anything derived from them (``W+``, ``|W-|``) is derived
+then: a cache would serve stale weights after in-place edits that PyTorch does not count
+(``w.data.mul_(2)``, a hand-written SGD step).
 
 Rules shared by every propagation method are registered under ``method='*'``; a method's own
 rule for a kind takes precedence.
@@ -35,6 +43,7 @@ class Rule:
 
 
 _RULES: dict[str, dict[str, Rule]] = {}
+_ANALYSES: dict[str, Callable] = {}
 
 
 def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
@@ -59,6 +68,20 @@ def get_rule(method: str, op) -> Rule:
         raise UnsupportedOperation(op.source, op.name, op.module_path, method=method,
                                    reason=f"no rule for ops of kind '{op.kind}'")
     return rule
+
+
+def register_analysis(method: str, fn: Callable | None = None):
+    """Register ``fn(graph) -> {op name: dict}`` as ``method``'s analysis (usable as decorator)."""
+    def deco(f):
+        _ANALYSES[method] = f
+        return f
+    return deco(fn) if fn is not None else deco
+
+
+def analyse(method: str, graph) -> dict:
+    """``method``'s notes on ``graph`` (empty where the method needs none)."""
+    fn = _ANALYSES.get(method)
+    return fn(graph) if fn is not None else {}
 
 
 def methods() -> list[str]:

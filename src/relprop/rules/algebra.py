@@ -81,15 +81,3 @@ def pair_join(op, buffer, a, b) -> torch.Tensor:
     rest = a.shape[2:]
     return torch.stack([a.reshape(n, g, c // g, *rest), b.reshape(n, g, c // g, *rest)],
                        2).reshape(n, 2 * c, *rest)
-
-
-def cached(run, op, tag: str, weight: torch.Tensor, make):
-    """``make(weight)``, computed once per weight version and kept in the explainer's cache."""
-    key = (op.name, tag)
-    stamp = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
-    hit = run.cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    value = make(weight)
-    run.cache[key] = (stamp, value)
-    return value

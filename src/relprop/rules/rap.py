@@ -1,27 +1,45 @@
 """Relative Attributing Propagation (Nam et al., AAAI 2020), as ``shared/docs/rap-spec.md`` states
-it: absolute-influence normalisation at the output layer (§2), relevant/irrelevant propagation
-with uniform shifting through hidden layers (§3, generalised to signed inputs as in §7), and the
-z^B rule at the input layer (§4). The graph says which layer plays which role.
+it: absolute-influence normalisation at the output layer (§2, normalised to the explained score
+as §7.4 says), relevant/irrelevant propagation with uniform shifting through hidden layers (§3,
+generalised to signed inputs as in §7.2), and the z^B rule at the input layer (§4, with §7.3's
+flat share where its denominator is 0). RAP's analysis of the graph says which layer plays which
+role.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from . import WITH_BFLOAT16, register_rule
-from .algebra import (cached, lin, lin_t, pair_join, pair_views, sample_sum, sdiv,
-                      split_pair, stack_pair)
+from ..errors import UnsupportedOperation
+from ..graph import output_layer as find_output_layer
+from ..ops import pad_spec
+from . import WITH_BFLOAT16, register_analysis, register_rule
+from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, split_pair, stack_pair
 
 
-def _signs(run, op, w):
-    """``(W+, W-)`` of a weight, once per weight version."""
-    return cached(run, op, "signs", w, lambda w: (w.clamp(min=0), w.clamp(max=0)))
-
-
-def _pair(run, op, w):
-    """``W+`` and ``|W-|`` stacked, so that one map gives Za and Zb and one transpose pushes back
-    through both."""
-    return cached(run, op, "pair", w, lambda w: stack_pair(op, w.clamp(min=0), (-w).clamp(min=0)))
+@register_analysis("rap")
+def analyse(graph) -> dict:
+    """Roles: the layer that produces the output (§2), the layers that read the input (§4, with
+    the zero padding they read it through), every other Linear/Conv layer hidden (§3)."""
+    out, blocker = find_output_layer(graph)
+    if out is None:
+        op = blocker or (graph.op(graph.output) if graph.output in graph else None)
+        raise UnsupportedOperation(
+            op.source if op else "the model output", op.name if op else graph.output,
+            op.module_path if op else None,
+            reason="RAP starts at the layer that produces the logits; the model output must come "
+                   "from a Linear or Conv2d layer through reshapes, activations, BatchNorm, "
+                   "scaling or pooling only")
+    notes = {}
+    for op in graph.ops:
+        if op.kind in ("linear", "conv"):
+            notes[op.name] = {"role": "output" if op.name == out else
+                              "input" if op.name in graph.input_layers else "hidden"}
+    for name in graph.input_layers:
+        src = graph.op(name).inputs[0]
+        if src in graph and pad_spec(graph.op(src)) is not None:
+            notes[name]["input_pad"] = pad_spec(graph.op(src))
+    return notes
 
 
 def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -37,17 +55,20 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 @register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 def layer(op, relevance, run):
     x, w, b = run.args(op)
-    if op.role == "output":
-        return (output_layer(op, x, w, b, relevance, run),)
-    if op.role == "input":
-        return (input_layer(op, x, w, relevance, run),)
-    return (hidden_layer(op, x, w, relevance, run),)
+    note = run.note(op)
+    role = note.get("role", "hidden")
+    if role == "output":
+        return (output_layer(op, x, w, b, relevance, run.score),)
+    if role == "input":
+        return (input_layer(op, x, w, relevance, note.get("input_pad")),)
+    return (hidden_layer(op, x, w, relevance),)
 
 
-def output_layer(op, x, w, b, d, run):
-    """§2: the signed contribution of each input to the target logit (the bias shared between
-    the positive and the negative side), then ``R = |C| * sum(C) / sum(|C|)``."""
-    wp, wn = _signs(run, op, w)
+def output_layer(op, x, w, b, d, score):
+    """§2: the signed contribution ``C`` of each input to the target (the bias shared between the
+    positive and the negative side), then ``R = |C| * s / sum(|C|)`` with ``s`` the explained
+    score (§7.4; equal to ``sum(C)`` wherever no bias share is dropped and no op follows)."""
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
     xp = x.clamp(min=0)
     parts = [(xp, wp), (xp, wn)]
     signed = not op.input_nonneg
@@ -68,13 +89,15 @@ def output_layer(op, x, w, b, d, run):
     numer = [d * zpp + bias_pos, d * zpn + bias_neg] + ([d * z[2], d * z[3]] if signed else [])
     c = sum(xi * lin_t(op, sdiv(n, zi), wi, x.shape)
             for (xi, wi), n, zi in zip(parts, numer, z))
-    return c.abs() * sdiv(sample_sum(c), sample_sum(c.abs()))
+    magnitude = c.abs()
+    s = score.view(-1, *([1] * (c.dim() - 1))).to(c.dtype)
+    return magnitude * sdiv(s, sample_sum(magnitude))
 
 
-def hidden_layer(op, x, w, relevance, run):
+def hidden_layer(op, x, w, relevance):
     """§3 for a non-negative input; §7.2 for a signed one: split R between the x+ and x- groups
     by contribution magnitude, propagate and shift each group to its own share."""
-    pair = _pair(run, op, w)
+    pair = stack_pair(op, w.clamp(min=0), (-w).clamp(min=0))
     if op.input_nonneg:
         return _group(op, x, lin(op, x, pair), relevance, pair)
     up, un = x.clamp(min=0), (-x).clamp(min=0)  # |x-|: the x- group in its positive form
@@ -108,12 +131,13 @@ def _group(op, u, z, relevance, pair):
     return shift(c, sample_sum(relevance))
 
 
-def input_layer(op, x, w, relevance, run):
+def input_layer(op, x, w, relevance, input_pad=None):
     """§4, z^B: the input bounded per sample by its minimum L and maximum H. When the layer reads
-    the image through zero padding, the bounds are taken over the image and are zero on the
-    border, so the border gets no relevance."""
-    wp, wn = _signs(run, op, w)
-    support = _support(op, x)
+    the image through zero padding (``input_pad``), the bounds are taken over the image and are
+    zero on the border, so the border gets no relevance. Where ``Z = 0`` but relevance arrives
+    (a constant patch), §7.3 shares it equally over the receptive field on the image."""
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    support = _support(x, input_pad)
     dims = tuple(range(1, x.dim()))
     if support is None:
         low = x.amin(dim=dims, keepdim=True)
@@ -127,14 +151,18 @@ def input_layer(op, x, w, relevance, run):
     # The bounds are constant per sample: one single-image map each, scaled per sample.
     z = lin(op, x, w) - low * lin(op, ones, wp) - high * lin(op, ones, wn)
     s = sdiv(relevance, z)
-    return (x * lin_t(op, s, w, x.shape) - low * ones * lin_t(op, s, wp, x.shape)
-            - high * ones * lin_t(op, s, wn, x.shape))
+    r = (x * lin_t(op, s, w, x.shape) - low * ones * lin_t(op, s, wp, x.shape)
+         - high * ones * lin_t(op, s, wn, x.shape))
+    lost = relevance * (z == 0)
+    if lost.any():
+        flat = torch.ones_like(w)
+        r += ones * lin_t(op, sdiv(lost, lin(op, ones, flat)), flat, x.shape)
+    return r
 
 
-def _support(op, x):
+def _support(x, pad):
     """1 on the image, 0 on an explicit zero-padding border, shaped (1, C, H, W); None if the
     layer reads the image directly."""
-    pad = op.attrs.get("input_pad")
     if pad is None:
         return None
     inner = list(x.shape[1:])

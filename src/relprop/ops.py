@@ -1,0 +1,305 @@
+"""What each call in a model is, in relprop's vocabulary of ops.
+
+Real models say the same thing many ways (``nn.Conv2d``, ``F.conv2d`` on an attribute, a
+conv under a weight-norm parametrization; ``nn.ReLU(inplace=True)``, ``F.relu``, ``x.relu_()``;
+``x + y``, ``torch.add``). A normaliser turns each into one op of the vocabulary below, with its
+tensor inputs first in ``args`` and its static settings in ``kwargs``:
+
+==============  =======================================================================
+kind            meaning (``args``)
+==============  =======================================================================
+``linear``      ``F.linear(x, weight, bias)``
+``conv``        ``F.conv2d(x, weight, bias, **kwargs)`` with numeric stride/padding/...
+``batchnorm``   ``F.batch_norm(x, mean, var, weight, bias)`` in inference mode
+``passthrough`` elementwise, relevance unchanged: ReLU, Dropout, ``x * c + t``, ...
+``pool``        a positively homogeneous reduction of one input: max/avg pooling, mean
+``add``         the sum of two tensors (a residual connection)
+``movement``    a pure rearrangement: reshape, flatten, slicing, ``cat``, zero padding
+==============  =======================================================================
+
+``register_op`` adds a module class, function or tensor method to this table.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from .ir import Attr, ModuleCall, Op
+
+LAYER_KINDS = ("linear", "conv")
+
+@dataclass
+class Normalised:
+    """What a normaliser returns for one node."""
+
+    kind: str
+    fn: Callable
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    sign: str = "any"
+
+
+# --------------------------------------------------------------------------- registry
+
+_MODULES: dict[type, Callable[[nn.Module, tuple, dict], Normalised]] = {}
+_FUNCTIONS: dict[Any, Callable[[tuple, dict], Normalised]] = {}
+_METHODS: dict[str, Callable[[tuple, dict], Normalised]] = {}
+_SIGN_BY_KIND = {"passthrough": "same", "pool": "same", "movement": "same"}
+
+
+def register_op(target, kind: str, *, sign: str | None = None) -> None:
+    """Tell relprop what ``target`` is: a module class, a function, or a tensor-method name.
+
+    A registered module class is kept whole in the trace (a leaf) and called as it is; its rule is
+    the one registered for ``kind``. ``sign`` says what is known about the output's sign:
+    'nonneg' (like ReLU), 'same' as the input, or 'any'.
+    """
+    sign = sign or _SIGN_BY_KIND.get(kind, "any")
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        _MODULES[target] = lambda m, a, k: Normalised(kind, m, a, k, sign)
+    elif isinstance(target, str):
+        _METHODS[target] = lambda a, k: Normalised(kind, getattr(torch.Tensor, target), a, k, sign)
+    elif callable(target):
+        _FUNCTIONS[target] = lambda a, k: Normalised(kind, target, a, k, sign)
+    else:
+        raise TypeError(f"register_op expects a module class, a function or a method name, "
+                        f"got {target!r}")
+
+
+def _module(*types):
+    def deco(f):
+        for t in types:
+            _MODULES[t] = f
+        return f
+    return deco
+
+
+def _function(*targets):
+    def deco(f):
+        for t in targets:
+            if isinstance(t, str):
+                _METHODS[t] = f
+            else:
+                _FUNCTIONS[t] = f
+        return f
+    return deco
+
+
+def _bind(args, kwargs, names, defaults):
+    """Positional and keyword arguments of a call, as one dict in ``names`` order."""
+    out = dict(defaults)
+    out.update(zip(names, args))
+    out.update({k: v for k, v in kwargs.items() if k in names})
+    return out
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _conv_padding(padding, weight_shape, dilation):
+    """Numeric symmetric padding, or None where the padding cannot be written that way."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, weight_shape[2:])]
+        if any(t % 2 for t in total):
+            return None
+        return tuple(t // 2 for t in total)
+    return _pair(padding)
+
+
+def _conv(args, kwargs) -> Normalised:
+    b = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+              {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+    dilation, padding = _pair(b["dilation"]), b["padding"]
+    if isinstance(padding, str):
+        if isinstance(b["weight"], Ref):
+            raise _Unsupported(f"padding='{padding}' with a computed weight")
+        weight = b["weight"].get() if isinstance(b["weight"], Attr) else b["weight"]
+        padding = _conv_padding(padding, weight.shape, dilation)
+        if padding is None:
+            raise _Unsupported("padding='same' that pads unevenly")
+    return Normalised("conv", F.conv2d, (b["input"], b["weight"], b["bias"]),
+                      {"stride": _pair(b["stride"]), "padding": _pair(padding),
+                       "dilation": dilation, "groups": b["groups"]})
+
+
+@_module(nn.Conv2d)
+def _conv_module(m: nn.Conv2d, args, kwargs):
+    if m.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
+    return _conv((args[0], Attr(m, "weight"), Attr(m, "bias"), m.stride, m.padding, m.dilation,
+                  m.groups), {})
+
+
+_function(F.conv2d, torch.conv2d)(_conv)
+
+
+@_function(F.linear)
+def _linear(args, kwargs):
+    b = _bind(args, kwargs, ("input", "weight", "bias"), {"bias": None})
+    return Normalised("linear", F.linear, (b["input"], b["weight"], b["bias"]))
+
+
+@_module(nn.Linear)
+def _linear_module(m, args, kwargs):
+    return _linear((args[0], Attr(m, "weight"), Attr(m, "bias")), {})
+
+
+@_module(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm_module(m, args, kwargs):
+    if m.running_mean is None:
+        raise _Unsupported("BatchNorm without running statistics computes batch statistics")
+    return _batchnorm((args[0], *(Attr(m, n) for n in ("running_mean", "running_var", "weight",
+                                                        "bias"))), {"eps": m.eps})
+
+
+@_function(F.batch_norm)
+def _batchnorm(args, kwargs):
+    b = _bind(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias",
+                             "training", "momentum", "eps"),
+              {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
+    if b["training"] is True:
+        raise _Unsupported("batch_norm(training=True) uses batch statistics")
+    return Normalised("batchnorm", F.batch_norm,
+                      (b["input"], b["running_mean"], b["running_var"], b["weight"], b["bias"]),
+                      {"training": False, "momentum": 0.0, "eps": b["eps"]})
+
+
+def _elementwise(fn, sign):
+    """A unary elementwise op through which relevance passes unchanged."""
+    return lambda args, kwargs: Normalised("passthrough", fn, (args[0],), {}, sign)
+
+
+_relu = _elementwise(torch.relu, "nonneg")
+_function(F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_")(_relu)
+_function(F.relu6)(_elementwise(F.relu6, "nonneg"))
+_function(F.dropout, F.dropout2d, torch.dropout, "contiguous", "clone", "detach")(
+    _elementwise(lambda x: x, "same"))
+
+
+@_function(F.hardtanh, F.hardtanh_)
+def _hardtanh(args, kwargs):
+    b = _bind(args, kwargs, ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0})
+    return Normalised("passthrough", F.hardtanh, (b["input"],),
+                      {"min_val": b["min_val"], "max_val": b["max_val"]},
+                      "nonneg" if b["min_val"] >= 0 else "any")
+
+
+@_module(nn.ReLU)
+def _relu_module(m, args, kwargs):
+    return _relu(args, {})
+
+
+@_module(nn.ReLU6, nn.Hardtanh)
+def _hardtanh_module(m, args, kwargs):
+    return _hardtanh((args[0], m.min_val, m.max_val), {})
+
+
+@_module(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
+def _identity_module(m, args, kwargs):
+    return Normalised("passthrough", lambda x: x, (args[0],), {}, "same")
+
+
+@_module(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+         nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+def _pool_module(m, args, kwargs):
+    if getattr(m, "return_indices", False):
+        raise _Unsupported("pooling with return_indices=True")
+    return Normalised("pool", m, (args[0],), {}, "same")
+
+
+def _pool(fn):
+    def norm(args, kwargs):
+        if kwargs.get("return_indices"):
+            raise _Unsupported("pooling with return_indices=True")
+        return Normalised("pool", fn, tuple(args), dict(kwargs), "same")
+    return norm
+
+
+for _f in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+           torch.max_pool2d, torch.mean, torch.amax):
+    _function(_f)(_pool(_f))
+for _name in ("mean", "amax"):
+    _function(_name)(_pool(getattr(torch.Tensor, _name)))
+
+
+@_module(nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d)
+def _movement_module(m, args, kwargs):
+    return Normalised("movement", m, (args[0],), {}, "same" if _zero_pad(m) else "any")
+
+
+def _zero_pad(m) -> bool:
+    return getattr(m, "value", 0) == 0
+
+
+def _movement(fn):
+    return lambda args, kwargs: Normalised("movement", fn, tuple(args), dict(kwargs), "same")
+
+
+for _f in (torch.flatten, torch.reshape, torch.cat, torch.concat, torch.squeeze, torch.unsqueeze,
+           torch.permute, torch.transpose, operator.getitem):
+    _function(_f)(_movement(_f))
+for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
+              "__getitem__", "expand_as"):
+    _function(_name)(_movement(getattr(torch.Tensor, _name)))
+
+
+@_function(F.pad)
+def _pad(args, kwargs):
+    b = _bind(args, kwargs, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
+    if b["mode"] != "constant":
+        raise _Unsupported(f"F.pad(mode='{b['mode']}') copies pixels; only constant padding "
+                           "is supported")
+    return Normalised("movement", F.pad, (b["input"], b["pad"]), {"value": b["value"] or 0.0},
+                      "same" if not b["value"] else "any")
+
+
+# Arithmetic: with one tensor operand and a constant it is an elementwise transform through which
+# relevance passes (Inception-V3's transform_input); with two tensors only '+' is supported.
+_ARITHMETIC = {operator.add: torch.add, torch.add: torch.add, "add": torch.add,
+               operator.mul: torch.mul, torch.mul: torch.mul, "mul": torch.mul,
+               operator.sub: torch.sub, torch.sub: torch.sub, "sub": torch.sub,
+               operator.truediv: torch.div, torch.div: torch.div, "div": torch.div}
+for _k in list(_ARITHMETIC):
+    if isinstance(_k, str):
+        _ARITHMETIC[_k + "_"] = _ARITHMETIC[_k]
+_ARITHMETIC[operator.iadd] = torch.add
+_ARITHMETIC[operator.imul] = torch.mul
+
+# Functions and methods that only look at shapes or sizes.
+_META_FUNCTIONS = {getattr, len, torch.Tensor.size, torch.Tensor.dim}
+_META_METHODS = {"size", "dim", "numel"}
+
+# Methods that change their receiver: later users of the receiver must read the op's result.
+_INPLACE = {operator.iadd, operator.imul, torch.relu_, F.relu_, F.hardtanh_}
+
+
+class _Unsupported(Exception):
+    """Raised inside a normaliser; turned into UnsupportedOperation with the node's context."""
+
+
+def module_normaliser(m: nn.Module):
+    """The normaliser of a module's class; a parametrized module (weight norm, spectral norm)
+    is the layer it parametrizes, its weight computed when the op reads it."""
+    cls = type(m)
+    if parametrize.is_parametrized(m) and cls.__bases__:
+        cls = cls.__bases__[0]
+    return _MODULES.get(cls)
+
+
+def pad_spec(op: Op):
+    """The (left, right, top, bottom, ...) widths of an op that zero-pads, else None."""
+    if op.fn is F.pad:
+        return tuple(op.args[1])
+    module = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
+    if isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)):
+        return tuple(module.padding)
+    return None
