@@ -32,3 +32,17 @@ def load_case(name: str) -> dict:
 
 def float64_copy(model):
     return copy.deepcopy(model).double().eval()
+
+
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """Tests that register ops or rules leave relprop's registries as they found them."""
+    from relprop import ops, rules
+    saved = [(d, dict(d)) for d in (ops._MODULES, ops._FUNCTIONS, ops._METHODS, rules._ANALYSES)]
+    saved_rules = {m: dict(r) for m, r in rules._RULES.items()}
+    yield
+    for d, copy_ in saved:
+        d.clear()
+        d.update(copy_)
+    rules._RULES.clear()
+    rules._RULES.update(saved_rules)

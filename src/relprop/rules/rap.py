@@ -135,24 +135,28 @@ def input_layer(op, x, w, relevance, input_pad=None):
     """§4, z^B: the input bounded per sample by its minimum L and maximum H. When the layer reads
     the image through zero padding (``input_pad``), the bounds are taken over the image and are
     zero on the border, so the border gets no relevance. Where ``Z = 0`` but relevance arrives
-    (a constant patch), §7.3 shares it equally over the receptive field on the image."""
+    (a constant patch), §7.3 shares it equally over the receptive field on the image.
+
+    ``Z = Lin(x, W) - Lin(L, W+) - Lin(H, W-)`` is computed as ``Lin(x - L, W+) + Lin(x - H, W-)``,
+    a sum of two non-negative maps: equal in exact arithmetic, and exactly 0 on a constant patch
+    where the first form leaves a rounding residue that the division would blow up."""
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     support = _support(x, input_pad)
     dims = tuple(range(1, x.dim()))
     if support is None:
         low = x.amin(dim=dims, keepdim=True)
         high = x.amax(dim=dims, keepdim=True)
+        above, below = x - low, x - high
         ones = torch.ones_like(x[:1])
     else:
         inside = support.bool()
         low = x.masked_fill(~inside, float("inf")).amin(dim=dims, keepdim=True)
         high = x.masked_fill(~inside, float("-inf")).amax(dim=dims, keepdim=True)
+        above, below = (x - low) * support, (x - high) * support
         ones = support
-    # The bounds are constant per sample: one single-image map each, scaled per sample.
-    z = lin(op, x, w) - low * lin(op, ones, wp) - high * lin(op, ones, wn)
+    z = lin(op, above, wp) + lin(op, below, wn)
     s = sdiv(relevance, z)
-    r = (x * lin_t(op, s, w, x.shape) - low * ones * lin_t(op, s, wp, x.shape)
-         - high * ones * lin_t(op, s, wn, x.shape))
+    r = above * lin_t(op, s, wp, x.shape) + below * lin_t(op, s, wn, x.shape)
     lost = relevance * (z == 0)
     if lost.any():
         flat = torch.ones_like(w)
