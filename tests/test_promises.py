@@ -1,6 +1,7 @@
 """What relprop promises and once broke: never stale weights or graphs, every submodule's mode
 given back, the explained score conserved wherever the reference rules lose relevance, clear
 errors instead of wrong maps."""
+import copy
 import gc
 import subprocess
 import sys
@@ -275,8 +276,7 @@ def test_parametrized_convs_are_explained_as_convs(wrap):
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double().eval()
-    wrapped = torchvision.models.vgg11().__class__.__new__(nn.Sequential)
-    wrapped = nn.Sequential(*[m for m in __import__("copy").deepcopy(plain)])
+    wrapped = copy.deepcopy(plain)
     getattr(parametrizations, wrap)(wrapped[2])
     wrapped.eval()
     with torch.no_grad():  # the plain twin gets the weight the parametrization computes

@@ -175,3 +175,108 @@ def test_hidden_linear_matches_independent_formula(signed):
     op = make_op("linear", input_nonneg=not signed)
     ours = rap.hidden_layer(op, x, w, r)
     assert torch.allclose(ours, _reference_hidden(F.linear, x, w, r, linear=True), atol=1e-12)
+
+
+# --------------------------------------------------------------------------- matrix forms
+# The output and input layer rules on convolutions with padding, stride, dilation and groups,
+# against the formulas of rap-spec §2/§7.4 and §4/§7.3 written with the convolution as a dense
+# matrix (as Zennit's rule tests do), independent of relprop's convolution algebra.
+
+def conv_matrix(w, in_shape, **kw):
+    """The dense (out, in) matrix of ``x -> conv2d(x, w)`` on one image of ``in_shape``."""
+    n = int(torch.tensor(in_shape).prod())
+    basis = torch.eye(n, dtype=D).view(n, *in_shape)
+    return F.conv2d(basis, w, None, **kw).flatten(1).T
+
+
+def _msd(a, b):
+    return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def output_rule_matrix(x, w, b, d, score, kw):
+    """rap-spec §2 with §7.4's normalisation, one image, the layer as matrices A+ and A-."""
+    ap, an = conv_matrix(w.clamp(min=0), x.shape, **kw), conv_matrix(w.clamp(max=0), x.shape, **kw)
+    xv = x.flatten()
+    xp, xn = xv.clamp(min=0), xv.clamp(max=0)
+    zpp, zpn, znp, znn = ap @ xp, an @ xp, ap @ xn, an @ xn
+    dv = d.flatten()
+    pos, neg = (dv * (zpp + znn)).sum(), (dv * (zpn + znp)).sum()
+    bias = b.repeat_interleave(len(dv) // len(b))
+    bp, bn = bias * dv * _msd(pos, pos + neg), bias * dv * _msd(neg, pos + neg)
+    c = (xp * (ap.T @ _msd(dv * zpp + bp, zpp)) + xp * (an.T @ _msd(dv * zpn + bn, zpn))
+         + xn * (ap.T @ _msd(dv * znp, znp)) + xn * (an.T @ _msd(dv * znn, znn)))
+    return (c.abs() * _msd(score, c.abs().sum())).view(x.shape)
+
+
+def input_rule_matrix(x, w, r, kw, support):
+    """rap-spec §4 with §7.3's flat share, one image; ``support`` is 1 on the image and 0 on an
+    explicit zero-padding border."""
+    a = conv_matrix(w, x.shape, **kw)
+    ap, an = conv_matrix(w.clamp(min=0), x.shape, **kw), conv_matrix(w.clamp(max=0), x.shape, **kw)
+    ones = conv_matrix(torch.ones_like(w), x.shape, **kw)
+    xv, sv, rv = x.flatten(), support.flatten(), r.flatten()
+    low, high = xv[sv > 0].min(), xv[sv > 0].max()
+    z = a @ xv - low * (ap @ sv) - high * (an @ sv)
+    s = _msd(rv, z)
+    out = xv * (a.T @ s) - low * sv * (ap.T @ s) - high * sv * (an.T @ s)
+    lost = rv * (z == 0)
+    out = out + sv * (ones.T @ _msd(lost, ones @ sv))
+    return out.view(x.shape)
+
+
+LAYER_CONVS = [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, k=3, cin=3, cout=4),
+               dict(stride=(2, 2), padding=(3, 3), dilation=(1, 1), groups=1, k=7, cin=3, cout=4),
+               dict(stride=(2, 2), padding=(2, 2), dilation=(2, 2), groups=1, k=3, cin=2, cout=3),
+               dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, k=1, cin=4, cout=3),
+               dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, k=3, cin=4, cout=4)]
+LAYER_IDS = ["3x3p1", "7x7s2p3", "dilated", "1x1", "grouped"]
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+@pytest.mark.parametrize("cfg", LAYER_CONVS, ids=LAYER_IDS)
+def test_output_layer_matches_matrix_form(cfg, signed):
+    g = torch.Generator().manual_seed(2)
+    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
+    x = torch.randn(2, cfg["cin"], 7, 7, generator=g, dtype=D)
+    x = x if signed else x.relu()
+    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"], generator=g,
+                    dtype=D)
+    b = torch.randn(cfg["cout"], generator=g, dtype=D)
+    out = F.conv2d(x, w, b, **kw)
+    d = torch.zeros_like(out)
+    d[0, 1], d[1, 2] = 1, 1  # the target class's map, every position (a spatial head)
+    score = (out * d).sum((1, 2, 3))
+    op = make_op("conv", kwargs=kw, input_nonneg=not signed)
+    ours = rap.output_layer(op, x, w, b, d, score)
+    for i in range(2):
+        expected = output_rule_matrix(x[i], w, b, d[i], score[i], kw)
+        assert torch.allclose(ours[i], expected, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(ours.sum((1, 2, 3)), score)
+
+
+@pytest.mark.parametrize("explicit_pad", [None, (0, 1, 0, 1)], ids=["own-padding", "zero-pad"])
+@pytest.mark.parametrize("cfg", LAYER_CONVS, ids=LAYER_IDS)
+def test_input_layer_matches_matrix_form(cfg, explicit_pad):
+    """Small integer weights and inputs on a grid of quarters keep every sum exact, so ``Z = 0``
+    means the same in both forms; image 1 is constant, so §7.3's flat share carries all of it."""
+    g = torch.Generator().manual_seed(3)
+    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
+    x = torch.randint(-4, 5, (2, cfg["cin"], 7, 7), generator=g).to(D) / 4
+    x[1] = 0.75
+    w = torch.randint(-3, 4, (cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"]),
+                      generator=g).to(D)
+    support = torch.ones(1, cfg["cin"], 7, 7, dtype=D)
+    if explicit_pad is not None:
+        x, support = F.pad(x, explicit_pad), F.pad(support, explicit_pad)
+    out = F.conv2d(x, w, None, **kw)
+    # Relevance at an output that sees only the padding border has nowhere to go on the image
+    # (in §4 and §7.3 alike); the conservation check below is for outputs that see the image.
+    sees_image = F.conv2d(support, torch.ones_like(w), None, **kw) > 0
+    r = torch.randn(out.shape, generator=g, dtype=D) * sees_image
+    op = make_op("conv", kwargs=kw)
+    ours = rap.input_layer(op, x, w, r, explicit_pad)
+    for i in range(2):
+        expected = input_rule_matrix(x[i], w, r[i], kw, support[0])
+        assert torch.allclose(ours[i], expected, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(ours.sum((1, 2, 3)), r.sum((1, 2, 3)))
+    assert (ours * (1 - support)).abs().max() == 0  # nothing on an explicit padding border
