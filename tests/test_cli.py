@@ -1,6 +1,10 @@
 """The CLI as a new user runs it, offline: the default run falls back to the embedded model."""
+import csv
+import dataclasses
 import json
+import os
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +42,7 @@ def test_default_run_falls_back_to_the_embedded_model(offline, tmp_path, capsys)
         assert heat.shape == (224, 224, 3)
         assert Image.open(r["overlay"]).size == (224, 224)
         assert (heat.min(axis=2) < 250).mean() > 0.01  # not a blank picture
-    assert (out / "summary.csv").read_text().startswith("image,predicted,probability")
+    assert (out / "summary.csv").read_text().startswith("image,file,predicted,probability")
     assert "chelsea" in captured.out and "Egyptian cat" in captured.out
 
 
@@ -52,7 +56,7 @@ def test_unreadable_image_is_reported_and_skipped(offline, tmp_path, capsys):
                      "--out", str(tmp_path / "o"), "--target", "285"])
     assert code == 1
     captured = capsys.readouterr()
-    assert "skipping notes.jpg" in captured.err
+    assert f"skipping {bad}: not an image" in captured.err
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [r["image"] for r in summary["images"]] == ["cat"]
     assert summary["images"][0]["target"] == 285
@@ -90,3 +94,215 @@ def test_models_lists_the_registry(capsys):
     out = capsys.readouterr().out
     for name in ("vgg16", "resnet50", "inception_v3", "efficientnet_lite0"):
         assert name in out
+
+
+# --- inputs, outputs and errors as a careless user meets them ---------------------------------
+
+def _picture(path, sample="chelsea", size=(96, 64)):
+    """A small copy of a scikit-image sample; the model sees it at 224 x 224 all the same."""
+    import skimage.data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(getattr(skimage.data, sample)()).resize(size).save(path)
+    return path
+
+
+def _explain(out, *args):
+    return cli.main(["explain", *map(str, args), "--model", "efficientnet_lite0",
+                     "--out", str(out)])
+
+
+def _one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("relprop: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    """Options that are wrong must fail before a model is loaded or an image is read."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("model or image work before the options were checked")
+    monkeypatch.setattr(cli.models, "load", refuse)
+    monkeypatch.setattr(Image, "open", refuse)
+
+
+def test_same_named_images_in_two_folders_get_their_own_outputs(tmp_path, capsys):
+    a = _picture(tmp_path / "a" / "pic.png", "chelsea")
+    b = _picture(tmp_path / "b" / "pic.png", "coffee")
+    out = tmp_path / "out"
+    assert _explain(out, a, b) == 0
+    rows = json.loads((out / "summary.json").read_text())["images"]
+    assert [(r["image"], r["file"]) for r in rows] == [("pic", str(a)), ("pic-2", str(b))]
+    assert [Path(r["heatmap"]).name for r in rows] == ["pic_heatmap.png", "pic-2_heatmap.png"]
+    assert "cat" in rows[0]["predicted"] and rows[1]["predicted"] == "espresso"
+    assert Path(rows[0]["overlay"]).read_bytes() != Path(rows[1]["overlay"]).read_bytes()
+    with open(out / "summary.csv") as f:
+        assert [(r["image"], r["file"]) for r in csv.DictReader(f)] == [("pic", str(a)),
+                                                                        ("pic-2", str(b))]
+
+
+def test_output_names_are_unique_and_short():
+    long = "a" * 250
+    names = cli._output_names([long, long[:-1] + "b", "Pic", "pic", "pic-2", ""])
+    assert names == ["a" * cli.NAME_BYTES, "a" * cli.NAME_BYTES + "-2", "Pic", "pic-2",
+                     "pic-2-2", "image"]
+    assert len("é" * 200) * 2 > cli.NAME_BYTES
+    cut = cli._output_names(["é" * 200])[0]  # two bytes a letter: never half a letter
+    assert cut == "é" * (cli.NAME_BYTES // 2)
+
+
+def test_an_input_with_a_very_long_name_is_explained(tmp_path, capsys):
+    image = _picture(tmp_path / ("x" * 250 + ".png"))
+    out = tmp_path / "out"
+    assert _explain(out, image) == 0
+    row = json.loads((out / "summary.json").read_text())["images"][0]
+    assert row["file"] == str(image) and Path(row["heatmap"]).is_file()
+    assert len(Path(row["overlay"]).name) <= cli.NAME_BYTES + len("_overlay.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the 224 x 224 crop
+def test_bad_images_are_skipped_by_name_and_the_others_explained(tmp_path, monkeypatch,
+                                                                  capsys):
+    good = _picture(tmp_path / "good.png", size=(80, 60))
+    bomb = _picture(tmp_path / "bomb.png", size=(300, 250))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # Pillow refuses above twice this
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    out = tmp_path / "out"
+    assert _explain(out, bomb, truncated, good, text, tmp_path / "missing.png") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    skips = [line for line in err.splitlines() if line.startswith("relprop: skipping")]
+    assert [line.split(": ")[1] for line in skips] == [
+        f"skipping {p}" for p in (bomb, truncated, text, tmp_path / "missing.png")]
+    assert "decompression bomb" in skips[0] and "truncated" in skips[1]
+    assert "not an image" in skips[2] and "no such file" in skips[3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["file"] for r in summary["images"]] == [str(good)]
+    assert [s["file"] for s in summary["skipped"]] == [str(bomb), str(truncated), str(text),
+                                                       str(tmp_path / "missing.png")]
+    assert all(s["reason"] for s in summary["skipped"])
+
+
+def test_sixteen_bit_image_is_explained_like_the_eight_bit_one(tmp_path, capsys):
+    gray = np.asarray(Image.open(_picture(tmp_path / "cat.png")).convert("L"))
+    Image.fromarray(gray).save(tmp_path / "eight.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I;16")
+    assert _explain(tmp_path / "out", tmp_path / "eight.png", tmp_path / "sixteen.png") == 0
+    eight, sixteen = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    assert sixteen["predicted"] == eight["predicted"]
+    assert sixteen["logit"] == pytest.approx(eight["logit"], rel=1e-3)
+
+
+@pytest.mark.parametrize("out, says", [("file", "is a file, not a folder"),
+                                       ("file/sub/out", "which is a file"),
+                                       ("", "--out is empty")])
+def test_out_that_cannot_be_a_folder_fails_first(out, says, tmp_path, monkeypatch,
+                                                  no_model_work, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("a file")
+    assert cli.main(["explain", str(tmp_path / "x.png"), "--out", out]) == 2
+    assert says in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_unwritable_out_fails_first(tmp_path, monkeypatch, no_model_work, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked
+                        and real_access(p, mode, **kw))
+    assert cli.main(["explain", "--out", str(locked / "out")]) == 2
+    assert "not writable" in _one_error_line(capsys.readouterr().err)
+    assert not (locked / "out").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "foo", "cuda:99"])
+def test_unsupported_device_fails_first(device, tmp_path, no_model_work, capsys):
+    assert cli.main(["explain", "--device", device, "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("target, says", [("²", "neither a class index"),
+                                          ("5000", "out of range"),
+                                          ("-1", "out of range"),
+                                          ("tabby cat", "'tabby'")])
+def test_bad_target_fails_before_any_image_is_read(target, says, tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was read before --target was checked")
+    monkeypatch.setattr(Image, "open", refuse)
+    code = _explain(tmp_path / "out", tmp_path / "cat.png", "--target", target)
+    assert code == 2
+    assert says in _one_error_line(capsys.readouterr().err)
+
+
+def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
+    def fails(self, inputs, target=None):
+        raise ValueError("the model's output is not finite:\nNaN logits for 1 image")
+    monkeypatch.setattr(cli.RAP, "explain", fails)
+    out = tmp_path / "out"
+    assert _explain(out, _picture(tmp_path / "cat.png")) == 2
+    assert "not finite: NaN logits" in _one_error_line(capsys.readouterr().err)
+    assert json.loads((out / "summary.json").read_text())["images"] == []
+
+
+def test_images_are_read_batch_by_batch(tmp_path, monkeypatch, capsys):
+    paths = [_picture(tmp_path / f"{i}.png") for i in range(4)]
+    events = []
+    real_open, real_explain = Image.open, cli.RAP.explain
+
+    def logged_open(*args, **kwargs):
+        events.append("read")
+        return real_open(*args, **kwargs)
+
+    def logged_explain(self, inputs, target=None):
+        events.append(f"explain {len(inputs)}")
+        return real_explain(self, inputs, target)
+    monkeypatch.setattr(Image, "open", logged_open)
+    monkeypatch.setattr(cli.RAP, "explain", logged_explain)
+    assert _explain(tmp_path / "out", *paths, "--batch-size", "2") == 0
+    assert events == ["read", "read", "explain 2", "read", "read", "explain 2"]
+
+
+def test_rerun_leaves_nothing_of_the_last_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _explain(out, _picture(tmp_path / "cat.png")) == 0
+    first = json.loads((out / "summary.json").read_text())["images"][0]
+    mine = out / "notes.txt"
+    mine.write_text("the user's own file")
+    outside = _picture(tmp_path / "outside.png")
+    summary = json.loads((out / "summary.json").read_text())
+    summary["images"].append({"heatmap": str(outside), "overlay": str(mine)})
+    (out / "summary.json").write_text(json.dumps(summary))
+    bad = tmp_path / "bad.png"
+    bad.write_text("no image")
+    assert _explain(out, bad) == 1
+    assert not Path(first["heatmap"]).exists() and not Path(first["overlay"]).exists()
+    assert mine.exists() and outside.exists()
+    assert (out / "summary.csv").read_text().splitlines() == [",".join(
+        f.name for f in dataclasses.fields(cli.Row))]
+    again = json.loads((out / "summary.json").read_text())
+    assert again["images"] == [] and again["skipped"][0]["file"] == str(bad)
+
+
+def test_summary_json_is_strict(tmp_path):
+    row = cli.Row("pic", "pic.png", "cat", float("nan"), "cat", 1, float("inf"), 0.0, 0.0, 0.0,
+                  "pic_heatmap.png", "pic_overlay.png")
+    cli._write_summary(tmp_path, "m", [row], [])
+
+    def refuse(name):
+        raise AssertionError(f"{name} in summary.json")
+    image = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)["images"][0]
+    assert image["probability"] is None and image["logit"] is None and image["positive"] == 0.0
+
+
+def test_interrupt_is_one_line_and_leaves_a_summary(tmp_path, monkeypatch, capsys):
+    def interrupted(self, inputs, target=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.RAP, "explain", interrupted)
+    assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 130
+    assert capsys.readouterr().err.strip() == "relprop: interrupted"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == []

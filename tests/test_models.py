@@ -1,14 +1,17 @@
 """The model registry: every name builds and traces; checkpoints load through --weights PATH."""
+import urllib.error
+
 import pytest
 import torch
+import torchvision
 
-from relprop import RAP, models
+from relprop import RAP, errors, models
 
 
 def test_registry_covers_the_issue_models():
     expected = {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")}
     expected |= {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
-    expected |= {"inception_v3", "efficientnet_lite0"}
+    expected |= {"inception_v3", "efficientnet_lite0", "squeezenet1_0", "squeezenet1_1"}
     assert set(models.names()) == expected
     assert models.DEFAULT == "vgg16" and models.FALLBACK == "efficientnet_lite0"
 
@@ -47,3 +50,76 @@ def test_embedded_model_preprocessing():
     x = preprocess(Image.new("RGB", (320, 240), (255, 0, 0)))
     assert x.shape == (3, 224, 224)
     assert torch.allclose(x[0], torch.ones(224, 224)) and torch.allclose(x[1], -torch.ones(224, 224))
+
+
+def test_weights_unavailable_is_the_one_in_errors():
+    assert models.WeightsUnavailable is errors.WeightsUnavailable
+
+
+@pytest.mark.parametrize("name, file", [("squeezenet1_0", "squeezenet1_0-b66bff10.pth"),
+                                        ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth")])
+def test_squeezenet_weights_come_through_torchvision(name, file, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    asked = []
+
+    def no_network(url, *args, **kwargs):
+        asked.append(url)
+        raise urllib.error.URLError("no network (test)")
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    with pytest.raises(models.WeightsUnavailable, match=file):
+        models.load(name)
+    assert asked == [f"https://download.pytorch.org/models/{file}"]
+    assert models.spec(name).input_size == 224 and models.spec(name).resize == 256
+
+
+def test_squeezenet_checkpoint_loads_and_explains(tmp_path):
+    torch.manual_seed(0)
+    source = models.spec("squeezenet1_1").build().eval()
+    torch.save(source.state_dict(), tmp_path / "sq.pth")
+    model, _, _ = models.load("squeezenet1_1", weights=str(tmp_path / "sq.pth"))
+    x = torch.randn(1, 3, 96, 96)
+    e = RAP(model).explain(x)
+    assert torch.equal(e.logits, source(x))
+    assert abs(float(e.relevance.sum() - e.score[0])) <= 1e-3 * max(1.0, abs(float(e.score[0])))
+
+
+def test_corrupt_weights_file_says_what_it_is_not(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("hello, not a checkpoint")
+    with pytest.raises(models.WeightsUnavailable) as info:
+        models.load("resnet18", weights=str(path))
+    message = str(info.value)
+    assert "is not a PyTorch checkpoint that torch.load can read" in message
+    assert "torch.save(model.state_dict(), PATH)" in message and "\n" not in message
+
+
+def test_pickled_model_is_refused_with_what_to_save_instead(tmp_path):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
+    with pytest.raises(models.WeightsUnavailable, match="pickled Python objects.*state_dict"):
+        models.load("resnet18", weights=str(tmp_path / "whole.pth"))
+
+
+def test_state_dict_of_another_model_names_the_keys(tmp_path):
+    state = models.spec("resnet18").build().state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["fc.bias"]
+    state["fc.weight"] = torch.zeros(10, 512)
+    torch.save(state, tmp_path / "r.pth")
+    with pytest.raises(models.WeightsUnavailable) as info:
+        models.load("resnet18", weights=str(tmp_path / "r.pth"))
+    message = str(info.value)
+    assert "1 missing keys (fc.bias)" in message
+    assert "1 unexpected keys (extra.weight)" in message
+    assert "1 shape mismatches (fc.weight (10, 512) where the model has (1000, 512))" in message
+
+    torch.save(models.spec("vgg11").build().state_dict(), tmp_path / "vgg.pth")
+    with pytest.raises(models.WeightsUnavailable, match=r"\d+ missing keys \(conv1.weight, "
+                                                        r"bn1.weight, bn1.bias, \.\.\.\)"):
+        models.load("resnet18", weights=str(tmp_path / "vgg.pth"))
+
+
+def test_training_checkpoint_names_its_keys(tmp_path):
+    torch.save({"epoch": 3, "model": {"fc.weight": torch.zeros(1)}}, tmp_path / "ckpt.pth")
+    with pytest.raises(models.WeightsUnavailable, match="holds a dict with keys epoch, model, "
+                                                        "not a state dict of tensors"):
+        models.load("resnet18", weights=str(tmp_path / "ckpt.pth"))

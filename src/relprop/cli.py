@@ -3,27 +3,40 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
+import math
+import os
+import re
 import sys
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+from itertools import islice
 from pathlib import Path
+from typing import Callable
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from . import models, plot
 from .api import RAP
 from .errors import UnsupportedOperation, UntraceableModel
+from .images import UnreadableImage, load_image
 from .rules import methods
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # pictures scikit-image ships
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEVICE_TYPES = ("cpu", "cuda")
+NAME_BYTES = 100  # output names stay well below file systems' 255-byte limit on a file name
+OUTPUT_SUFFIXES = ("_heatmap.png", "_overlay.png")
 
 
 @dataclass
 class Row:
-    image: str
+    image: str  # the stem of this image's output files
+    file: str  # the input file as given
     predicted: str
     probability: float
     explained: str
@@ -36,12 +49,30 @@ class Row:
     overlay: str
 
 
+@dataclass
+class Input:
+    file: str  # as given on the command line; a scikit-image sample's name
+    name: str  # the stem of its output files, unique in this run
+    read: Callable[[], Image.Image]
+
+
+@dataclass
+class Prepared:
+    """One image as the model takes it and as the overlay shows it; the full-size picture is
+    gone by then, so that a batch of large photos does not sit in memory."""
+    source: Input
+    tensor: torch.Tensor
+    view: Image.Image
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="relprop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="explain images with RAP and write heat maps")
     ex.add_argument("images", nargs="*", metavar="IMAGE",
-                    help=f"image files (default: scikit-image's {', '.join(SAMPLES)})")
+                    help=f"image files (default: scikit-image's {', '.join(SAMPLES)}), read as an "
+                         "image viewer shows them: EXIF orientation applied, 16-bit images scaled "
+                         "to 8 bits, transparent pixels on a white background")
     ex.add_argument("--model", default=None,
                     help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
                          f"{models.FALLBACK} when its weights cannot be had)")
@@ -49,9 +80,13 @@ def main(argv=None) -> int:
     ex.add_argument("--target", default=None,
                     help="class to explain: an index or an exact class name (default: predicted)")
     ex.add_argument("--method", default="rap", choices=methods())
-    ex.add_argument("--out", default="relprop-out", help="output folder (default: relprop-out)")
-    ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if "
-                                                   "available)")
+    ex.add_argument("--out", default="relprop-out",
+                    help="output folder (default: relprop-out): NAME_heatmap.png and "
+                         "NAME_overlay.png per image (NAME-2_... where names repeat), "
+                         "summary.csv and summary.json; a rerun replaces what the last run's "
+                         "summary.json lists")
+    ex.add_argument("--device", default=None,
+                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     ex.add_argument("--batch-size", type=int, default=8)
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="precision of the model and the propagation (bfloat16: networks "
@@ -65,12 +100,19 @@ def main(argv=None) -> int:
     try:
         return explain(args)
     except _Failure as e:
-        print(f"relprop: error: {e}", file=sys.stderr)
+        print(f"relprop: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("relprop: interrupted", file=sys.stderr)
+        return 130
 
 
 class _Failure(Exception):
     """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _load_model(args):
@@ -89,124 +131,226 @@ def _load_model(args):
         return models.FALLBACK, models.load(models.FALLBACK)
 
 
-def _images(paths):
-    """(name, PIL image or the error) for each requested image, scikit-image's samples if none."""
-    if not paths:
-        import skimage.data
-        for name in SAMPLES:
-            yield name, Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        return
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                yield Path(path).stem, img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            yield Path(path).name, e
-
-
-def _target(text, class_names):
+def _target(text, class_names) -> int | None:
+    """The class index --target names; checked before any image is read."""
     if text is None:
         return None
-    if text.lstrip("-").isdigit():
-        return int(text)
+    text = text.strip()
+    if re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits: int() takes '٣' but not '²'
+        index = int(text)
+        if not 0 <= index < len(class_names):
+            raise _Failure(f"--target {text} is out of range: the model has {len(class_names)} "
+                           f"classes (0..{len(class_names) - 1})")
+        return index
     if text in class_names:
         return class_names.index(text)
-    raise _Failure(f"--target '{text}' is neither a class index nor a class name of this model")
+    close = difflib.get_close_matches(text, class_names, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise _Failure(f"--target '{text}' is neither a class index (0..{len(class_names) - 1}) nor "
+                   f"an exact class name of this model{hint}")
 
 
-def _device(text):
+def _device(text) -> torch.device:
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise _Failure(f"--device '{text}' is not a device (cpu, cuda, cuda:1, ...)") from None
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise _Failure(f"--device '{text}' is not a device relprop runs on; use cpu, or cuda "
+                       "(cuda:1, ... for another GPU)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise _Failure(f"--device {text}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise _Failure(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA "
+                       f"devices (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return device
+
+
+def _check_out(text) -> Path:
+    """The --out folder, refused before any model work where it cannot be a folder we write in."""
+    if not text.strip():
+        raise _Failure("--out is empty; pass a folder (it is created if missing)")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise _Failure(f"--out {text} is a file, not a folder; pass a folder (it is created if "
+                       "missing)")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise _Failure(f"--out {text} lies under {existing}, which is a file, not a folder; pass "
+                       "a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _Failure(f"--out {text}: {existing} is not writable; pass a folder you can write to")
+    return out
+
+
+@contextmanager
+def _writing(what):
+    """A failure to write an output becomes one line, exit code 2."""
+    try:
+        yield
+    except OSError as e:
+        raise _Failure(f"cannot write {what}: {e.strerror or e}; pass an --out folder you can "
+                       "write to, with free space") from None
+
+
+def _inputs(paths, min_size: int) -> list[Input]:
+    """One Input per requested image (scikit-image's samples if none), nothing read yet."""
+    if not paths:
+        return [Input(f"skimage.data.{name}", name, partial(_sample, name)) for name in SAMPLES]
+    names = _output_names([Path(p).stem for p in paths])
+    return [Input(p, name, partial(load_image, p, min_size)) for p, name in zip(paths, names)]
+
+
+def _sample(name) -> Image.Image:
+    import skimage.data
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def _output_names(stems) -> list[str]:
+    """A short, unique output name per input: 'pic', then 'pic-2', 'pic-3' ... for repeats
+    (compared without case, for case-insensitive file systems); long names are cut."""
+    taken, names = set(), []
+    for stem in stems:
+        base = stem.encode("utf-8", "replace")[:NAME_BYTES].decode("utf-8", "ignore") or "image"
+        name, n = base, 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _prepared(inputs, preprocess, spec, skipped, progress):
+    """Read the inputs one at a time, as the batches need them; an image that cannot be read or
+    prepared is reported, added to ``skipped`` and left out."""
+    for item in inputs:
+        try:
+            img = item.read()
+            yield Prepared(item, preprocess(img), plot.input_view(img, spec.resize,
+                                                                  spec.input_size))
+        except Exception as e:  # whatever goes wrong with one image skips that image only
+            reason = str(e) if isinstance(e, UnreadableImage) else f"{type(e).__name__}: {e}"
+            reason = _one_line(reason)
+            tqdm.write(f"relprop: skipping {item.file}: {reason}", file=sys.stderr)
+            skipped.append({"file": item.file, "reason": reason})
+            progress.update(1)
+
+
+def _batches(items, size):
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove the last run's summaries and the PNGs its summary.json lists (by file name, in
+    ``out`` only), so that nothing there is mistaken for this run's output."""
+    try:
+        previous = json.loads((out / "summary.json").read_text())
+        listed = [str(row[key]) for row in previous["images"] for key in ("heatmap", "overlay")]
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = []
+    for name in {Path(p).name for p in listed if p.lower().endswith(".png")}:
+        if (out / name).is_file():
+            (out / name).unlink()
+    for name in ("summary.csv", "summary.json"):
+        (out / name).unlink(missing_ok=True)
 
 
 def explain(args) -> int:
     if args.batch_size < 1:
         raise _Failure("--batch-size must be at least 1")
     device = _device(args.device)
+    out = _check_out(args.out)
     name, (model, preprocess, class_names) = _load_model(args)
+    target = _target(args.target, class_names)
     dtype = DTYPES[args.dtype]
     model = model.to(device, dtype)
     spec = models.spec(name)
-    target = _target(args.target, class_names)
     try:
         explainer = RAP(model)
         explainer.check_precision(dtype)
     except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise _Failure(str(e)) from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = _inputs(args.images, spec.resize)
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        _clear_previous_run(out)
 
-    pending, rows, failed = [], [], 0
-    images = list(_images(args.images))
-    progress = tqdm(total=len(images), desc=f"RAP {name}", unit="img", file=sys.stderr,
-                    disable=len(images) < 2)
-
-    def flush():
-        if not pending:
-            return
-        batch = torch.stack([preprocess(img) for _, img in pending]).to(device, dtype)
-        try:
-            e = explainer.explain(batch, target)
-        except ValueError as err:
-            raise _Failure(str(err)) from None
-        for i, (stem, img) in enumerate(pending):
-            rows.append(_write(out, stem, img, e, i, class_names, spec))
-        progress.update(len(pending))
-        pending.clear()
-
-    for stem, img in images:
-        if isinstance(img, Exception):
-            print(f"relprop: skipping {stem}: not a readable image ({img})", file=sys.stderr)
-            failed += 1
-            progress.update(1)
-            continue
-        pending.append((stem, img))
-        if len(pending) == args.batch_size:
-            flush()
-    flush()
-    progress.close()
-    _report(rows, out, name)
-    return 1 if failed else 0
+    rows, skipped = [], []
+    progress = tqdm(total=len(inputs), desc=f"RAP {name}", unit="img", file=sys.stderr,
+                    disable=len(inputs) < 2)
+    try:
+        for batch in _batches(_prepared(inputs, preprocess, spec, skipped, progress),
+                              args.batch_size):
+            x = torch.stack([item.tensor for item in batch]).to(device, dtype)
+            e = _explain_batch(explainer, x, target)
+            rows.extend(_write(out, item, e, i, class_names) for i, item in enumerate(batch))
+            progress.update(len(batch))
+    finally:  # also after a failure: the summary lists what this run wrote, for the next one
+        progress.close()
+        _write_summary(out, name, rows, skipped)
+    _report(rows, skipped, out, name)
+    return 1 if skipped else 0
 
 
-def _write(out, stem, img, e, i, class_names, spec) -> Row:
+def _explain_batch(explainer, x, target):
+    try:
+        return explainer.explain(x, target)
+    except ValueError as err:
+        raise _Failure(str(err)) from None
+    except torch.OutOfMemoryError:
+        raise _Failure(f"out of memory explaining {len(x)} images at once on {x.device}; pass "
+                       "a smaller --batch-size") from None
+
+
+def _write(out, item: Prepared, e, i, class_names) -> Row:
     heat = e.heatmap[i]
-    view = plot.input_view(img, spec.resize, spec.input_size)
-    heat_path, overlay_path = out / f"{stem}_heatmap.png", out / f"{stem}_overlay.png"
-    plot.heatmap_image(heat).save(heat_path)
-    plot.overlay_image(view, heat).save(overlay_path)
+    heat_path, overlay_path = (out / f"{item.source.name}{suffix}" for suffix in OUTPUT_SUFFIXES)
+    with _writing(heat_path):
+        plot.heatmap_image(heat).save(heat_path)
+    with _writing(overlay_path):
+        plot.overlay_image(item.view, heat).save(overlay_path)
     probs = e.probabilities[i]
     pred = int(probs.argmax())
     r = e.relevance[i]
-    return Row(stem, class_names[pred], float(probs[pred]), class_names[int(e.target[i])],
-               int(e.target[i]), float(e.score[i]), float(r.sum()), float(r.clamp(min=0).sum()),
-               float(r.clamp(max=0).sum()), str(heat_path), str(overlay_path))
+    return Row(item.source.name, item.source.file, class_names[pred], float(probs[pred]),
+               class_names[int(e.target[i])], int(e.target[i]), float(e.score[i]),
+               float(r.sum()), float(r.clamp(min=0).sum()), float(r.clamp(max=0).sum()),
+               str(heat_path), str(overlay_path))
 
 
-def _report(rows, out, model_name):
+def _write_summary(out, model_name, rows, skipped) -> None:
+    """summary.csv and summary.json of this run, also where nothing was explained. The JSON is
+    strict: non-finite numbers become null."""
+    records = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in asdict(r).items()} for r in rows]
+    with _writing(out / "summary.csv"):
+        with open(out / "summary.csv", "w", newline="", errors="surrogateescape") as f:
+            w = csv.DictWriter(f, fieldnames=[field.name for field in fields(Row)])
+            w.writeheader()
+            w.writerows(records)
+    with _writing(out / "summary.json"):
+        (out / "summary.json").write_text(json.dumps(
+            {"model": model_name, "images": records, "skipped": skipped}, indent=2,
+            allow_nan=False))
+
+
+def _report(rows, skipped, out, model_name):
     header = (f"{'image':14s} {'predicted':24s} {'prob':>5s} {'explained':24s} {'logit':>8s} "
               f"{'sum R':>8s} {'R+':>9s} {'R-':>9s}")
     print(f"model: {model_name}")
-    print(header)
+    if rows:
+        print(header)
     for r in rows:
         print(f"{r.image[:14]:14s} {r.predicted[:24]:24s} {r.probability:5.2f} "
               f"{r.explained[:24]:24s} {r.logit:8.3f} {r.relevance_sum:8.3f} {r.positive:9.3f} "
               f"{r.negative:9.3f}")
-    if rows:
-        with open(out / "summary.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            w.writeheader()
-            w.writerows(asdict(r) for r in rows)
-        (out / "summary.json").write_text(json.dumps(
-            {"model": model_name, "images": [asdict(r) for r in rows]}, indent=2))
-        print(f"wrote {2 * len(rows)} PNGs, summary.csv and summary.json to {out}/")
+    unread = f"; skipped {len(skipped)} images (listed in summary.json)" if skipped else ""
+    print(f"wrote {2 * len(rows)} PNGs, summary.csv and summary.json to {out}/{unread}")
 
 
 if __name__ == "__main__":

