@@ -186,13 +186,12 @@ def _weight_derivation(rap, device):
     """What RAP derives from the weights at every call (W+ and |W-| of each layer) and no longer
     caches, because a cache served stale weights after ``.data`` edits: timed alone, to say
     what deriving per call costs."""
-    from relprop.rules.algebra import stack_pair
+    from relprop.rules.algebra import sign_pair
     layers = [(op, op.args[1]) for op in rap.graph.ops if op.kind in ("linear", "conv")]
 
     def derive():
         for op, weight in layers:
-            w = weight.get()
-            stack_pair(op, w.clamp(min=0), (-w).clamp(min=0))
+            sign_pair(op, weight.get())
     return derive
 
 

@@ -296,3 +296,20 @@ def test_tf32_is_off_while_explaining_and_restored_after():
         assert conv.fp32_precision == "tf32"
     finally:
         conv.fp32_precision = before
+
+
+def test_same_padding_is_read_from_the_weight_and_refused_for_a_computed_one():
+    class Same(nn.Module):
+        def __init__(self, computed):
+            super().__init__()
+            self.computed = computed
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding="same"), nn.Linear(4, 2)
+
+        def forward(self, x):
+            w = self.conv.weight * 2 if self.computed else self.conv.weight
+            return self.fc(F.conv2d(x, w, padding="same").relu().mean((2, 3)))
+
+    e = RAP(Same(False).double().eval()).explain(x(2, s=8, dtype=torch.float64))
+    assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score)
+    with pytest.raises(UnsupportedOperation, match="padding='same' with a computed weight"):
+        RAP(Same(True))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relprop.graph import Op, Ref, resolve
+from relprop.ir import Op, Ref, resolve
 from relprop.rules import common, rap
 
 D = torch.float64
@@ -165,8 +165,11 @@ def test_hidden_conv_matches_independent_formula(cfg, signed):
     assert torch.allclose(ours.sum((1, 2, 3)), r.sum((1, 2, 3)))
 
 
+@pytest.mark.parametrize("block_bytes", [None, 3 * 2 * 10 * 8], ids=["whole", "blocks-of-3"])
 @pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
-def test_hidden_linear_matches_independent_formula(signed):
+def test_hidden_linear_matches_independent_formula(signed, block_bytes, monkeypatch):
+    if block_bytes is not None:  # a large layer is propagated a few output units at a time
+        monkeypatch.setattr(rap, "BLOCK_BYTES", block_bytes)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 10, generator=g, dtype=D)
     x = x if signed else x.relu()

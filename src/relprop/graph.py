@@ -18,10 +18,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import UnsupportedOperation, UntraceableModel
-from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names, resolve  # noqa: F401 (re-exported)
+from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names
 from .ops import (_ARITHMETIC, _FUNCTIONS, _INPLACE, _META_FUNCTIONS, _META_METHODS, _METHODS,
-                  LAYER_KINDS, Normalised, _Unsupported, module_normaliser, pad_spec,
-                  register_op)  # noqa: F401 (re-exported)
+                  LAYER_KINDS, Normalised, _Unsupported, module_normaliser)
 
 
 class _Tracer(fx.Tracer):

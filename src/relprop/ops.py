@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .ir import Attr, ModuleCall, Op
+from .ir import Attr, ModuleCall, Op, Ref
 
 LAYER_KINDS = ("linear", "conv")
 

@@ -35,19 +35,23 @@ def lin_t(op, s: torch.Tensor, w: torch.Tensor, x_shape) -> torch.Tensor:
     return conv2d_input(tuple(x_shape), w, s, **op.kwargs)
 
 
-def stack_pair(op, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """One weight whose map gives both ``lin(x, wa)`` and ``lin(x, wb)``; groups keep their
-    channels, so each group's ``wa`` rows are followed by its ``wb`` rows."""
-    if op.kind == "linear" or op.kwargs["groups"] == 1:
-        return torch.cat([wa, wb], 0)
-    g = op.kwargs["groups"]
-    rest = wa.shape[1:]
-    return torch.stack([wa.reshape(g, -1, *rest), wb.reshape(g, -1, *rest)], 1).reshape(
-        -1, *rest)
+def sign_pair(op, w: torch.Tensor) -> torch.Tensor:
+    """``W+`` and ``|W-|`` in one weight whose map gives both ``lin(x, W+)`` and
+    ``lin(x, |W-|)``; groups keep their channels, so each group's ``W+`` rows are followed by its
+    ``|W-|`` rows. Written straight into one buffer: derived at every call (a cache would go
+    stale), so no temporaries the size of the weight."""
+    g = 1 if op.kind == "linear" else op.kwargs["groups"]
+    rest = w.shape[1:]
+    pair = w.new_empty((2 * w.shape[0], *rest))
+    halves = pair.view(g, 2, w.shape[0] // g, *rest)
+    grouped = w.view(g, w.shape[0] // g, *rest)
+    torch.clamp(grouped, min=0, out=halves[:, 0])
+    torch.neg(grouped, out=halves[:, 1]).clamp_(min=0)
+    return pair
 
 
 def split_pair(op, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Undo ``stack_pair`` on the output of the stacked map."""
+    """Undo ``sign_pair`` on the output of the stacked map."""
     if _plain_halves(op):
         return z.chunk(2, dim=-1 if op.kind == "linear" else 1)
     g = op.kwargs["groups"]

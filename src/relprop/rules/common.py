@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..graph import resolve
+from ..ir import resolve
 from . import WITH_BFLOAT16, register_rule
 from .algebra import sdiv
 

@@ -14,7 +14,7 @@ from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
 from ..ops import pad_spec
 from . import WITH_BFLOAT16, register_analysis, register_rule
-from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, split_pair, stack_pair
+from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
 @register_analysis("rap")
@@ -94,27 +94,54 @@ def output_layer(op, x, w, b, d, score):
     return magnitude * sdiv(s, sample_sum(magnitude))
 
 
+# A Linear layer's W+/|W-| is derived a block of output units at a time, so that a large
+# layer (VGG's first classifier layer: 392 MiB of weights) does not hold twice its weight at once.
+BLOCK_BYTES = 32 * 2 ** 20
+
+
 def hidden_layer(op, x, w, relevance):
     """§3 for a non-negative input; §7.2 for a signed one: split R between the x+ and x- groups
-    by contribution magnitude, propagate and shift each group to its own share."""
-    pair = stack_pair(op, w.clamp(min=0), (-w).clamp(min=0))
-    if op.input_nonneg:
-        return _group(op, x, lin(op, x, pair), relevance, pair)
-    up, un = x.clamp(min=0), (-x).clamp(min=0)  # |x-|: the x- group in its positive form
-    zp, zn = lin(op, up, pair), lin(op, un, pair)
-    mp, mn = sum(split_pair(op, zp)), sum(split_pair(op, zn))
-    m = mp + mn
-    rp = torch.where(m == 0, relevance, relevance * sdiv(mp, m))
-    rn = relevance * sdiv(mn, m)
-    return _group(op, up, zp, rp, pair) + _group(op, un, zn, rn, pair)
+    by contribution magnitude, propagate and shift each group to its own share.
+
+    Everything before the shift is separate per output unit, so a Linear layer is propagated in
+    blocks of output units, each with its own slice of W+/|W-|."""
+    groups = [x] if op.input_nonneg else [x.clamp(min=0), (-x).clamp(min=0)]  # |x-| for x-
+    back, totals = [None] * len(groups), [0] * len(groups)
+    for units in _unit_blocks(op, w):
+        pair = sign_pair(op, w[units])
+        r = relevance[..., units]
+        z = [lin(op, u, pair) for u in groups]
+        if len(groups) == 1:
+            shares = [r]
+        else:
+            mp, mn = sum(split_pair(op, z[0])), sum(split_pair(op, z[1]))
+            m = mp + mn
+            shares = [torch.where(m == 0, r, r * sdiv(mp, m)), r * sdiv(mn, m)]
+        for i, (u, zi, ri) in enumerate(zip(groups, z, shares)):
+            c = lin_t(op, _quotients(op, zi, ri), pair, u.shape)
+            back[i] = c if back[i] is None else back[i].add_(c)
+            totals[i] = totals[i] + sample_sum(ri)
+    return sum(shift(c.mul_(u), total) for c, u, total in zip(back, groups, totals))
 
 
-def _group(op, u, z, relevance, pair):
-    """One input-sign group, ``u >= 0``: Za = Lin(u, W+), Zb = Lin(u, |W-|).
+def _unit_blocks(op, w):
+    """Slices of output units: all of them at once, or blocks for a large Linear weight."""
+    per_unit = 2 * w[0].numel() * w.element_size()
+    if op.kind != "linear" or per_unit * len(w) <= BLOCK_BYTES:
+        yield slice(None)
+        return
+    step = max(1, BLOCK_BYTES // per_unit)
+    for start in range(0, len(w), step):
+        yield slice(start, start + step)
+
+
+def _quotients(op, z, relevance):
+    """For one input-sign group ``u >= 0`` with Za = Lin(u, W+), Zb = Lin(u, |W-|) stacked in
+    ``z``: what to push back through the stacked weight.
 
     Positive relevance flows along Za; all relevance along Zb in proportion Zb/(Za+Zb); negative
     relevance along Za for a Linear layer and along Zb for a Conv2d layer (as the reference
-    does). The result is shifted so that the group conserves its relevance.
+    does).
     """
     za, zb = split_pair(op, z)
     s = torch.empty_like(z)  # Sa and Sb, laid out as the stacked map's output
@@ -127,8 +154,7 @@ def _group(op, u, z, relevance, pair):
     sdiv(relevance, za + zb, out=sb).masked_fill_(zb == 0, 0)
     if op.kind != "linear":
         sb.add_(sdiv(relevance.clamp(max=0), zb))
-    c = lin_t(op, pair_join(op, s, sa, sb), pair, u.shape).mul_(u)
-    return shift(c, sample_sum(relevance))
+    return pair_join(op, s, sa, sb)
 
 
 def input_layer(op, x, w, relevance, input_pad=None):
