@@ -7,6 +7,7 @@ import urllib.error
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import torchvision
 from PIL import Image
@@ -247,6 +248,17 @@ def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
     assert _explain(out, _picture(tmp_path / "cat.png")) == 2
     assert "not finite: NaN logits" in _one_error_line(capsys.readouterr().err)
     assert json.loads((out / "summary.json").read_text())["images"] == []
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
+    def fails(self, inputs, target=None):
+        raise error
+    monkeypatch.setattr(cli.RAP, "explain", fails)
+    assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 2
+    assert "out of memory explaining 1 images" in _one_error_line(capsys.readouterr().err)
 
 
 def test_images_are_read_batch_by_batch(tmp_path, monkeypatch, capsys):

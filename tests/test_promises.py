@@ -204,6 +204,44 @@ def test_output_layer_conserves_the_explained_score(after):
     assert conserves(e), (e.delta, e.score)
 
 
+def test_a_linear_head_over_a_sequence_conserves():
+    """The Linear layer's classes are its last dim, not dim 1."""
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Linear(4, 6), nn.Linear(6, 5)
+
+        def forward(self, x):  # (N, T, 4) -> (N, 5)
+            return self.head(self.embed(x).relu()).mean(1)
+
+    torch.manual_seed(0)
+    model = Tokens().double().eval()
+    x = torch.randn(2, 3, 4, dtype=D)
+    with torch.no_grad():
+        model.head.bias.uniform_(-2, 2)
+    e = RAP(model).explain(x, target=[1, 4])
+    assert torch.allclose(e.score, model(x)[torch.arange(2), e.target]) and conserves(e)
+
+
+def test_padding_computed_from_the_input_size_is_zero_padding():
+    """Dynamic "same" padding in front of the first layer (as timm's pad_same): the border is
+    padding, not image, and gets no relevance."""
+    class DynamicPad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, stride=2), nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = nn.functional.pad(x, [0, x.size(3) % 2 + 1, 0, x.size(2) % 2 + 1])
+            return self.fc(self.conv(x).relu().mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = DynamicPad().double().eval()
+    for size in (9, 10):
+        e = RAP(model).explain(images(2, size))
+        assert e.relevance.shape == (2, 3, size, size) and conserves(e)
+
+
 def test_spatial_output_predicts_by_the_summed_class_map():
     model = _conv_head_net(after=[])
     x = images(2, 12)

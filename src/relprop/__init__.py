@@ -9,7 +9,7 @@ from .rules import methods, register_rule
 
 __version__ = "0.1.0"
 __all__ = ["RAP", "Explanation", "explain", "UnsupportedOperation", "UntraceableModel",
-           "register_op", "register_rule", "methods", "trace", "models", "plot"]
+           "register_op", "register_rule", "methods", "trace"]
 
 _LAZY = {"models", "plot"}  # torchvision's model zoo and matplotlib load only when used
 

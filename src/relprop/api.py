@@ -41,7 +41,8 @@ class Explanation:
 
     @property
     def heatmap(self) -> torch.Tensor:
-        """(N, H, W): relevance summed over the colour channels."""
+        """(N, H, W): an image's relevance summed over its colour channels (for inputs that are
+        not images, the relevance as it is)."""
         return self.relevance.sum(1) if self.relevance.dim() == 4 else self.relevance
 
     @property
@@ -190,7 +191,9 @@ def _expected_channels(graph, first) -> int | None:
     name = first.inputs[0]
     while name != graph.input:
         op = graph.op(name)
-        channelwise = op.kind in ("passthrough", "batchnorm") or pad_spec(op) is not None
+        widths = pad_spec(op)
+        spatial_pad = widths is not None and isinstance(widths, (list, tuple)) and len(widths) <= 4
+        channelwise = op.kind in ("passthrough", "batchnorm") or spatial_pad
         if not channelwise or len(op.inputs) != 1:
             return None
         name = op.inputs[0]

@@ -128,7 +128,11 @@ def _load_model(args):
         print(f"relprop: {models.DEFAULT}'s ImageNet weights are not available offline; using "
               f"{models.FALLBACK}, whose weights ship with relprop (pass --model {models.DEFAULT} "
               f"to see why)", file=sys.stderr)
-        return models.FALLBACK, models.load(models.FALLBACK)
+        try:
+            return models.FALLBACK, models.load(models.FALLBACK)
+        except models.WeightsUnavailable as fallback_error:
+            raise _Failure(f"{e}; and the embedded model could not be loaded either: "
+                           f"{fallback_error}") from None
 
 
 def _target(text, class_names) -> int | None:
@@ -268,7 +272,8 @@ def explain(args) -> int:
     name, (model, preprocess, class_names) = _load_model(args)
     target = _target(args.target, class_names)
     dtype = DTYPES[args.dtype]
-    model = model.to(device, dtype)
+    with _memory(f"moving {name} to {device}", "use --device cpu"):
+        model = model.to(device, dtype)
     spec = models.spec(name)
     try:
         explainer = RAP(model)
@@ -298,13 +303,24 @@ def explain(args) -> int:
 
 
 def _explain_batch(explainer, x, target):
+    with _memory(f"explaining {len(x)} images at once on {x.device}", "pass a smaller --batch-size"):
+        try:
+            return explainer.explain(x, target)
+        except ValueError as err:
+            raise _Failure(str(err)) from None
+
+
+@contextmanager
+def _memory(doing, remedy):
+    """Running out of memory (CUDA's error, or the CPU allocator's RuntimeError) is one line."""
     try:
-        return explainer.explain(x, target)
-    except ValueError as err:
-        raise _Failure(str(err)) from None
-    except torch.OutOfMemoryError:
-        raise _Failure(f"out of memory explaining {len(x)} images at once on {x.device}; pass "
-                       "a smaller --batch-size") from None
+        yield
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError too
+        text = str(e)
+        if not (isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text
+                or "can't allocate memory" in text or "not enough memory" in text):
+            raise
+        raise _Failure(f"out of memory {doing}; {remedy}") from None
 
 
 def _write(out, item: Prepared, e, i, class_names) -> Row:

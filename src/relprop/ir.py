@@ -8,7 +8,7 @@ model alive, and a module the user replaced must not be called again.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch.nn as nn
@@ -75,7 +75,6 @@ class Op:
     module_path: str | None = None
     sign: str = "any"  # output sign: 'nonneg', 'same' (as its inputs) or 'any'
     input_nonneg: bool = False  # every input is known to be >= 0
-    attrs: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -296,10 +296,13 @@ def module_normaliser(m: nn.Module):
 
 
 def pad_spec(op: Op):
-    """The (left, right, top, bottom, ...) widths of an op that zero-pads, else None."""
+    """The (left, right, top, bottom, ...) widths of an op that pads with zeros, else None.
+
+    Widths computed from the input's size (dynamic "same" padding) are Refs to resolve against
+    the forward pass's values."""
     if op.fn is F.pad:
-        return tuple(op.args[1])
+        return op.args[1] if not op.kwargs.get("value") else None
     module = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
-    if isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)):
+    if isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)) and _zero_pad(module):
         return tuple(module.padding)
     return None

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
+from ..ir import resolve
 from ..ops import pad_spec
 from . import WITH_BFLOAT16, register_analysis, register_rule
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
@@ -21,8 +22,9 @@ from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_p
 def analyse(graph) -> dict:
     """Roles: the layer that produces the output (§2), the layers that read the input (§4, with
     the zero padding they read it through), every other Linear/Conv layer hidden (§3)."""
-    out, blocker = find_output_layer(graph)
+    out = graph.output_layer
     if out is None:
+        _, blocker = find_output_layer(graph)
         op = blocker or (graph.op(graph.output) if graph.output in graph else None)
         raise UnsupportedOperation(
             op.source if op else "the model output", op.name if op else graph.output,
@@ -37,8 +39,9 @@ def analyse(graph) -> dict:
                               "input" if op.name in graph.input_layers else "hidden"}
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
-        if src in graph and pad_spec(graph.op(src)) is not None:
-            notes[name]["input_pad"] = pad_spec(graph.op(src))
+        widths = pad_spec(graph.op(src)) if src in graph else None
+        if widths is not None:
+            notes[name]["input_pad"] = widths
     return notes
 
 
@@ -60,7 +63,7 @@ def layer(op, relevance, run):
     if role == "output":
         return (output_layer(op, x, w, b, relevance, run.score),)
     if role == "input":
-        return (input_layer(op, x, w, relevance, note.get("input_pad")),)
+        return (input_layer(op, x, w, relevance, resolve(note.get("input_pad"), run.env)),)
     return (hidden_layer(op, x, w, relevance),)
 
 
@@ -82,8 +85,8 @@ def output_layer(op, x, w, b, d, score):
         pos, neg = zpp + z[3], zpn + z[2]
     pos, neg = sample_sum(d * pos), sample_sum(d * neg)
     bias_pos = bias_neg = 0
-    if b is not None:
-        bias = b.view(-1, *([1] * (d.dim() - 2)))
+    if b is not None:  # classes: the last dim of a Linear's output, dim 1 of a conv's
+        bias = b if op.kind == "linear" else b.view(-1, *([1] * (d.dim() - 2)))
         bias_pos = bias * d * sdiv(pos, pos + neg)
         bias_neg = bias * d * sdiv(neg, pos + neg)
     numer = [d * zpp + bias_pos, d * zpn + bias_neg] + ([d * z[2], d * z[3]] if signed else [])
@@ -105,23 +108,23 @@ def hidden_layer(op, x, w, relevance):
 
     Everything before the shift is separate per output unit, so a Linear layer is propagated in
     blocks of output units, each with its own slice of W+/|W-|."""
-    groups = [x] if op.input_nonneg else [x.clamp(min=0), (-x).clamp(min=0)]  # |x-| for x-
-    back, totals = [None] * len(groups), [0] * len(groups)
+    signs = [x] if op.input_nonneg else [x.clamp(min=0), (-x).clamp(min=0)]  # |x-| for x-
+    back, totals = [None] * len(signs), [0] * len(signs)
     for units in _unit_blocks(op, w):
         pair = sign_pair(op, w[units])
         r = relevance[..., units]
-        z = [lin(op, u, pair) for u in groups]
-        if len(groups) == 1:
+        z = [lin(op, u, pair) for u in signs]
+        if len(signs) == 1:
             shares = [r]
         else:
             mp, mn = sum(split_pair(op, z[0])), sum(split_pair(op, z[1]))
             m = mp + mn
             shares = [torch.where(m == 0, r, r * sdiv(mp, m)), r * sdiv(mn, m)]
-        for i, (u, zi, ri) in enumerate(zip(groups, z, shares)):
+        for i, (u, zi, ri) in enumerate(zip(signs, z, shares)):
             c = lin_t(op, _quotients(op, zi, ri), pair, u.shape)
             back[i] = c if back[i] is None else back[i].add_(c)
             totals[i] = totals[i] + sample_sum(ri)
-    return sum(shift(c.mul_(u), total) for c, u, total in zip(back, groups, totals))
+    return sum(shift(c.mul_(u), total) for c, u, total in zip(back, signs, totals))
 
 
 def _unit_blocks(op, w):
