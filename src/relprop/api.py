@@ -18,7 +18,7 @@ from .errors import ForwardError
 from .graph import ModuleTree, eval_mode, trace, unwrap
 from .ir import Attr
 from .ops import pad_spec
-from .rules import methods
+from .rules import lrp as lrp_rules
 
 Target = Union[None, int, Sequence[int], torch.Tensor]
 
@@ -65,23 +65,25 @@ class Explanation:
         return class_scores(self.logits).softmax(1)
 
 
-class RAP:
-    """Relative Attributing Propagation for an unmodified model.
+class Propagation:
+    """An explainer that propagates relevance backwards through the traced graph of an unmodified
+    model, with the rules of one method (``relprop.methods()`` lists them).
 
     The model is traced once, and again whenever its module tree changed (a replaced head, an
     inserted layer); ``attribute`` can then be called on any number of batches. Weights are read
     at every call, so in-place edits of them are always seen. The model itself is never changed:
     its parameters, hooks and every submodule's ``training`` flag stay as they were.
-
-    >>> rap = RAP(torchvision.models.vgg16(weights="DEFAULT"))
-    >>> relevance = rap.attribute(images, target=None)   # predicted class per image
     """
 
     method = "rap"
+    defaults: dict = {}  # the method's keyword options and their defaults
+    start_at_score = False  # the output relevance: the score itself, or 1 that the rules scale
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, **options):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"RAP expects a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(f"{type(self).__name__} expects a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        self.options = _options(self.method, self.defaults, options)
         model = unwrap(model)
         self._model = weakref.ref(model)
         self._owner: nn.Module | None = model  # None where a cache must not keep the model alive
@@ -126,9 +128,12 @@ class RAP:
             scores = class_scores(logits)
             tgt = _targets(target, scores)
             run.score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
+            run.options = self.options
             start = torch.zeros_like(logits)
             start.scatter_(1, tgt.view(-1, *([1] * (logits.dim() - 1))).expand(
                 -1, 1, *logits.shape[2:]), 1.0)
+            if self.start_at_score:
+                start = start * logits
             relevance = engine.backward(self._plan, run, start)
         return Explanation(relevance, tgt, run.score, logits.detach(), self.method)
 
@@ -178,6 +183,40 @@ class RAP:
             "shows it (bfloat16 for networks without residual additions, such as VGG and "
             "Inception-V3; float16 nowhere: relevance quotients leave its range). Explain in "
             "float32: model.float() and inputs.float(), or --dtype float32.")
+
+
+class RAP(Propagation):
+    """Relative Attributing Propagation (Nam et al., AAAI 2020), as ``rap-spec.md`` states it.
+
+    >>> rap = RAP(torchvision.models.vgg16(weights="DEFAULT"))
+    >>> relevance = rap.attribute(images, target=None)   # predicted class per image
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+
+
+class LRP(Propagation):
+    """Layer-wise Relevance Propagation as Zennit's composite of the same name (see
+    :mod:`relprop.rules.lrp`): ``LRP(model, "lrp-epsilon-plus", epsilon=1e-6)``."""
+
+    start_at_score = True
+    defaults = lrp_rules.DEFAULTS
+
+    def __init__(self, model: nn.Module, method: str = "lrp-epsilon-plus", **options):
+        if method not in lrp_rules.COMPOSITES:
+            raise ValueError(f"unknown LRP method '{method}'; available: "
+                             f"{', '.join(lrp_rules.COMPOSITES)}")
+        self.method = method
+        super().__init__(model, **options)
+
+
+def _options(method: str, defaults: dict, given: dict) -> dict:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
+        raise ValueError(f"'{method}' takes no option {', '.join(unknown)}; its options: {known}")
+    return {**defaults, **given}
 
 
 def _expected_channels(graph, first) -> int | None:
@@ -289,28 +328,40 @@ def exact_float32():
 
 
 _EXPLAINERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_METHODS = {"rap": RAP}
+PROPAGATION = {"rap": RAP, **{m: LRP for m in lrp_rules.COMPOSITES}}
+
+
+def methods() -> list[str]:
+    """Every method ``explain(..., method=...)`` and ``relprop explain --method`` accept."""
+    from . import gradients
+    return list(PROPAGATION) + list(gradients.METHODS)
 
 
 def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
-            method: str = "rap") -> Explanation:
-    """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted).
+            method: str = "rap", **options) -> Explanation:
+    """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted) with
+    ``method`` (one of :func:`methods`); ``options`` are the method's keyword options.
 
     The traced graph is kept per model, so calling this in a loop traces once; it holds the
     model weakly (a model the caller drops is freed) and re-traces a model whose modules changed.
     """
-    if method not in _METHODS:
-        raise ValueError(f"unknown method '{method}'; available: {', '.join(sorted(_METHODS))}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"explain expects a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
+    if method not in PROPAGATION:
+        from . import gradients
+        if method not in gradients.METHODS:
+            raise ValueError(f"unknown method '{method}'; available: {', '.join(methods())}")
+        return gradients.explain(model, inputs, target, method, **options)
     per_model = _EXPLAINERS.setdefault(model, {})
     explainer = per_model.get(method)
     if explainer is None:
-        explainer = _METHODS[method](model)
+        kind = PROPAGATION[method]
+        explainer = kind(model) if kind is RAP else kind(model, method)
         explainer._owner = None
         per_model[method] = explainer
+    explainer.options = _options(method, explainer.defaults, options)
     return explainer.explain(inputs, target)
 
 
-__all__ = ["RAP", "Explanation", "explain", "methods"]
+__all__ = ["RAP", "LRP", "Propagation", "Explanation", "explain", "methods"]

@@ -21,10 +21,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import models, plot
-from .api import RAP
+from .api import RAP, methods
 from .errors import UnsupportedOperation, UntraceableModel
 from .images import UnreadableImage, load_image
-from .rules import methods
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # pictures scikit-image ships
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -63,6 +63,7 @@ class Run:
     def __init__(self, env: dict, shapes: dict, notes: dict):
         self.env, self.shapes, self.notes = env, shapes, notes
         self.score: torch.Tensor | None = None  # (N,) set by the caller before the sweep
+        self.options: dict = {}  # the method's keyword options, set by the caller
 
     def note(self, op: Op) -> dict:
         return self.notes.get(op.name, {})

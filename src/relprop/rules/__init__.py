@@ -84,8 +84,9 @@ def analyse(method: str, graph) -> dict:
     return fn(graph) if fn is not None else {}
 
 
-def methods() -> list[str]:
+def registered_methods() -> list[str]:
+    """The methods that have rules of their own (``relprop.methods()`` lists all methods)."""
     return sorted(m for m in _RULES if m != "*")
 
 
-from . import common, rap  # noqa: E402,F401  (register the built-in rules)
+from . import common, lrp, rap  # noqa: E402,F401  (register the built-in rules)

@@ -85,3 +85,9 @@ def pair_join(op, buffer, a, b) -> torch.Tensor:
     rest = a.shape[2:]
     return torch.stack([a.reshape(n, g, c // g, *rest), b.reshape(n, g, c // g, *rest)],
                        2).reshape(n, 2 * c, *rest)
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z + epsilon * sign(z)`` with sign(0) = +1: the LRP denominator, as Zennit and Captum
+    stabilise it, so that their maps and relprop's can be compared number for number."""
+    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)

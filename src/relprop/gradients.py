@@ -1,0 +1,154 @@
+"""The gradient family, computed by Captum (Meta's attribution library), behind relprop's API:
+the same ``explain(model, inputs, target, method=...)`` and the same :class:`Explanation`, so
+that RAP and LRP can be put beside them on one model, one image, one colour scale.
+
+Captum does these well; relprop only chooses the layer for Grad-CAM from the traced graph, wraps
+models with a spatial output so that a class's score is its map's sum (as for RAP), and turns
+what Captum cannot do on a model into an error that says why.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .graph import eval_mode, trace
+
+# method -> its keyword options and their defaults
+METHODS = {
+    "gradient": {},
+    "gradient-x-input": {},
+    "integrated-gradients": {"steps": 50, "baseline": 0.0},
+    "smoothgrad": {"samples": 25, "noise": 0.15, "seed": 0},
+    "guided-backprop": {},
+    "deeplift": {"baseline": 0.0},
+    "grad-cam": {"layer": None},
+}
+
+
+class _ClassScores(nn.Module):
+    """The model with one score per class: a spatial output's map summed over its positions.
+    A new module around the user's; theirs is not changed."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return out.flatten(2).sum(-1) if out.dim() > 2 else out
+
+
+def explain(model: nn.Module, inputs: torch.Tensor, target, method: str, **options):
+    from .api import Explanation, _check_finite, _options, _targets, exact_float32
+    opts = _options(method, METHODS[method], options)
+    _check_inputs(model, inputs)
+    scores_model = _ClassScores(model)
+    with torch.inference_mode(False), eval_mode(model), exact_float32():
+        x = inputs.clone() if inputs.is_inference() else inputs
+        with torch.no_grad():
+            try:
+                logits = model(x)
+            except Exception as e:  # the model's own error on these inputs
+                raise ValueError(f"the model could not run on inputs of shape "
+                                 f"{tuple(inputs.shape)}: {type(e).__name__}: {e}") from None
+            _check_finite(logits)
+            scores = scores_model.forward(x) if logits.dim() > 2 else logits
+        tgt = _targets(target, scores)
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Captum announces the hooks it sets and removes; relprop says what it computes.
+            warnings.filterwarnings("ignore", message=".*(hooks|require gradients)",
+                                    category=UserWarning)
+            try:
+                leaf = x.detach().requires_grad_()  # a new tensor: the caller's is not touched
+                attribution = _ATTRIBUTE[method](scores_model, leaf, tgt, opts)
+            except (RuntimeError, AssertionError, TypeError) as e:
+                raise ValueError(f"Captum cannot compute '{method}' on {type(model).__name__}: "
+                                 f"{type(e).__name__}: {e}") from None
+    score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
+    return Explanation(attribution.detach(), tgt, score, logits.detach(), method)
+
+
+def _check_inputs(model, x):
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError("inputs must be a floating-point torch.Tensor batch (N, C, H, W)")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch (N, ...); got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("inputs contain NaN or Inf values; attributions need finite inputs")
+    param = next(model.parameters(), None)
+    if param is not None and (param.device != x.device or param.dtype != x.dtype):
+        raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
+                         f"on {param.device}; move one to the other, e.g. "
+                         "model.to(inputs.device, inputs.dtype)")
+
+
+def _gradient(f, x, target, opts):
+    from captum.attr import Saliency
+    return Saliency(f).attribute(x, target=target, abs=False)
+
+
+def _gradient_x_input(f, x, target, opts):
+    from captum.attr import InputXGradient
+    return InputXGradient(f).attribute(x, target=target)
+
+
+def _integrated_gradients(f, x, target, opts):
+    from captum.attr import IntegratedGradients
+    return IntegratedGradients(f).attribute(x, baselines=opts["baseline"], target=target,
+                                            n_steps=opts["steps"])
+
+
+def _smoothgrad(f, x, target, opts):
+    """SmoothGrad: the gradient averaged over noisy copies of the input; the noise's standard
+    deviation is ``noise`` times each image's value range, seeded without touching the
+    caller's random state."""
+    from captum.attr import NoiseTunnel, Saliency
+    dims = tuple(range(1, x.dim()))
+    spread = (x.amax(dims) - x.amin(dims)).mean().item()
+    devices = [x.device.index] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(opts["seed"])
+        return NoiseTunnel(Saliency(f)).attribute(
+            x, nt_type="smoothgrad", nt_samples=opts["samples"], stdevs=opts["noise"] * spread,
+            target=target, abs=False)
+
+
+def _guided_backprop(f, x, target, opts):
+    from captum.attr import GuidedBackprop
+    return GuidedBackprop(f).attribute(x, target=target)
+
+
+def _deeplift(f, x, target, opts):
+    from captum.attr import DeepLift
+    return DeepLift(f).attribute(x, baselines=opts["baseline"], target=target)
+
+
+def _grad_cam(f, x, target, opts):
+    """Grad-CAM at the last convolution (found from the traced graph unless ``layer`` names a
+    module), ReLU'd and upsampled to the input; spread evenly over the colour channels so that the
+    heat map is the CAM."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    path = opts["layer"] or last_convolution(f.model)
+    try:
+        layer = f.model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"grad-cam: the model has no module '{path}'; pass layer= a module path "
+                         "such as 'features.28'") from None
+    cam = LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    return cam.expand_as(x) / x.shape[1]
+
+
+def last_convolution(model: nn.Module) -> str:
+    """The module path of the last convolution in the model's traced graph."""
+    convs = [op.module_path for op in trace(model).ops if op.kind == "conv" and op.module_path]
+    if not convs:
+        raise ValueError("grad-cam needs a convolution; this model has none that is a module")
+    return convs[-1]
+
+
+_ATTRIBUTE = {"gradient": _gradient, "gradient-x-input": _gradient_x_input,
+              "integrated-gradients": _integrated_gradients, "smoothgrad": _smoothgrad,
+              "guided-backprop": _guided_backprop, "deeplift": _deeplift, "grad-cam": _grad_cam}

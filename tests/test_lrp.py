@@ -1,0 +1,95 @@
+"""LRP in relprop's engine against Zennit 0.5.1's composites of the same name and Captum's LRP,
+number for number in float64 on random weights; and where those libraries lose relevance on
+ResNet-50 and Inception-V3, relprop does not."""
+import copy
+import functools
+
+import pytest
+import torch
+import torchvision
+
+import relprop
+
+zennit = pytest.importorskip("zennit", reason="the cross-checks need zennit (pip install -e '.[test]')")
+from zennit.attribution import Gradient  # noqa: E402
+from zennit import composites as zc  # noqa: E402
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
+
+D = torch.float64
+ZENNIT = {"lrp-epsilon-plus": zc.EpsilonPlus, "lrp-epsilon-plus-flat": zc.EpsilonPlusFlat,
+          "lrp-epsilon-alpha2beta1": zc.EpsilonAlpha2Beta1,
+          "lrp-epsilon-alpha2beta1-flat": zc.EpsilonAlpha2Beta1Flat,
+          "lrp-epsilon-gamma-box": zc.EpsilonGammaBox}
+
+
+def randomised(model, seed=1):
+    """Non-trivial BatchNorm statistics and biases, so that merging and bias shares matter.
+
+    BatchNorm's eps is set to 0: Zennit 0.5.1 merges BatchNorm into the convolution and leaves an
+    "identity" BatchNorm behind that still divides by sqrt(1 + eps), so its merged ResNet computes
+    another function (outputs off by 4.8e-5 relative on ResNet-18); with eps = 0 its merge is
+    exact and the rules can be compared."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eps = 0.0
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model.double().eval()
+
+
+CASES = {"vgg16": (32, VGGCanonizer), "resnet50": (64, ResNetCanonizer)}
+
+
+@functools.lru_cache(maxsize=None)
+def _case(name):
+    torch.manual_seed(0)
+    model = randomised(torchvision.models.get_model(name, num_classes=10))
+    size, canonizer = CASES[name]
+    x = torch.randn(2, 3, size, size, dtype=D, generator=torch.Generator().manual_seed(0))
+    return model, x, canonizer
+
+
+@pytest.fixture(params=list(CASES))
+def case(request):
+    return _case(request.param)
+
+
+def _zennit(model, x, target, composite):
+    onehot = torch.nn.functional.one_hot(target, 10).to(D)
+    with Gradient(model=copy.deepcopy(model), composite=composite) as attributor:
+        _, relevance = attributor(x, lambda out: onehot * out)  # relevance starts at the score
+    return relevance
+
+
+@pytest.mark.parametrize("method", list(ZENNIT))
+def test_lrp_matches_zennit(case, method):
+    model, x, canonizer = case
+    target = torch.tensor([3, 7])
+    ours = relprop.explain(model, x, target, method=method).relevance
+    kwargs = {}
+    if method == "lrp-epsilon-gamma-box":  # z^B bounds: each image's own range, relprop's default
+        dims = (1, 2, 3)
+        kwargs = dict(low=x.amin(dims, keepdim=True).expand_as(x),
+                      high=x.amax(dims, keepdim=True).expand_as(x))
+    theirs = _zennit(model, x, target, ZENNIT[method](canonizers=[canonizer()], **kwargs))
+    scale = theirs.flatten(1).abs().amax(1)
+    err = (ours - theirs).flatten(1).abs().amax(1)
+    assert (err <= 1e-6 * scale).all(), err / scale
+
+
+def test_lrp_epsilon_matches_captum_on_vgg16():
+    """Captum's LRP (ε-rule everywhere) on VGG-16, whose layers it all knows."""
+    model, x, _ = _case("vgg16")
+    from captum.attr import LRP
+    target = torch.tensor([3, 7])
+    ours = relprop.explain(model, x, target, method="lrp-epsilon", epsilon=1e-9,
+                           stabilizer=1e-9).relevance
+    theirs = LRP(copy.deepcopy(model)).attribute(x.clone().requires_grad_(), target=target)
+    scale = theirs.flatten(1).abs().amax(1)
+    assert ((ours - theirs).flatten(1).abs().amax(1) <= 1e-6 * scale).all()
