@@ -303,7 +303,7 @@ def test_rerun_leaves_nothing_of_the_last_run(tmp_path, capsys):
 def test_summary_json_is_strict(tmp_path):
     row = cli.Row("pic", "pic.png", "cat", float("nan"), "cat", 1, float("inf"), 0.0, 0.0, 0.0,
                   "pic_heatmap.png", "pic_overlay.png")
-    cli._write_summary(tmp_path, "m", [row], [])
+    cli._write_summary(tmp_path, "m", "rap", [row], [])
 
     def refuse(name):
         raise AssertionError(f"{name} in summary.json")
@@ -318,3 +318,29 @@ def test_interrupt_is_one_line_and_leaves_a_summary(tmp_path, monkeypatch, capsy
     assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 130
     assert capsys.readouterr().err.strip() == "relprop: interrupted"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == []
+
+
+@pytest.mark.parametrize("method", ["lrp-epsilon-plus-flat", "integrated-gradients"])
+def test_method_option_explains_with_that_method(offline, tmp_path, capsys, method):
+    out = tmp_path / "out"
+    picture = _picture(tmp_path / "cat.png")
+    assert cli.main(["explain", str(picture), "--model", "efficientnet_lite0", "--method", method,
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method
+    assert f"method: {method}" in capsys.readouterr().out
+    from relprop import explain, models
+    model, preprocess, _ = models.load("efficientnet_lite0")
+    from relprop.images import load_image
+    expected = explain(model, preprocess(load_image(picture)).unsqueeze(0), method=method)
+    row = summary["images"][0]
+    assert abs(row["relevance_sum"] - float(expected.relevance.sum())) <= 1e-4 * max(
+        1.0, abs(row["relevance_sum"]))
+
+
+def test_unknown_method_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["explain", "--method", "lrp"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'lrp'" in err and "Traceback" not in err

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import models, plot
-from .api import RAP, methods
+from . import gradients
+from .api import LRP, PROPAGATION, RAP, methods
 from .errors import UnsupportedOperation, UntraceableModel
 from .images import UnreadableImage, load_image
 
@@ -67,7 +68,8 @@ class Prepared:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="relprop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("explain", help="explain images with RAP and write heat maps")
+    ex = sub.add_parser("explain", help="explain images (RAP or another method) and write heat "
+                                        "maps")
     ex.add_argument("images", nargs="*", metavar="IMAGE",
                     help=f"image files (default: scikit-image's {', '.join(SAMPLES)}), read as an "
                          "image viewer shows them: EXIF orientation applied, 16-bit images scaled "
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
     ex.add_argument("--weights", default=None, help="a checkpoint file for the model")
     ex.add_argument("--target", default=None,
                     help="class to explain: an index or an exact class name (default: predicted)")
-    ex.add_argument("--method", default="rap", choices=methods())
+    ex.add_argument("--method", default="rap", choices=methods(), metavar="METHOD",
+                    help=f"one of {', '.join(methods())} (default: rap)")
     ex.add_argument("--out", default="relprop-out",
                     help="output folder (default: relprop-out): NAME_heatmap.png and "
                          "NAME_overlay.png per image (NAME-2_... where names repeat), "
@@ -275,8 +278,7 @@ def explain(args) -> int:
         model = model.to(device, dtype)
     spec = models.spec(name)
     try:
-        explainer = RAP(model)
-        explainer.check_precision(dtype)
+        explainer = _explainer(model, args.method, dtype)
     except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise _Failure(str(e)) from None
     inputs = _inputs(args.images, spec.resize)
@@ -285,7 +287,7 @@ def explain(args) -> int:
         _clear_previous_run(out)
 
     rows, skipped = [], []
-    progress = tqdm(total=len(inputs), desc=f"RAP {name}", unit="img", file=sys.stderr,
+    progress = tqdm(total=len(inputs), desc=f"{args.method} {name}", unit="img", file=sys.stderr,
                     disable=len(inputs) < 2)
     try:
         for batch in _batches(_prepared(inputs, preprocess, spec, skipped, progress),
@@ -296,15 +298,26 @@ def explain(args) -> int:
             progress.update(len(batch))
     finally:  # also after a failure: the summary lists what this run wrote, for the next one
         progress.close()
-        _write_summary(out, name, rows, skipped)
-    _report(rows, skipped, out, name)
+        _write_summary(out, name, args.method, rows, skipped)
+    _report(rows, skipped, out, name, args.method)
     return 1 if skipped else 0
+
+
+def _explainer(model, method, dtype):
+    """A function from a batch to its Explanation; a propagation method traces the model now, so
+    that an op it cannot explain, or a precision it is not tested in, stops the run before any
+    image is read."""
+    if method in PROPAGATION:
+        explainer = RAP(model) if PROPAGATION[method] is RAP else LRP(model, method)
+        explainer.check_precision(dtype)
+        return explainer.explain
+    return lambda x, target: gradients.explain(model, x, target, method)
 
 
 def _explain_batch(explainer, x, target):
     with _memory(f"explaining {len(x)} images at once on {x.device}", "pass a smaller --batch-size"):
         try:
-            return explainer.explain(x, target)
+            return explainer(x, target)
         except ValueError as err:
             raise _Failure(str(err)) from None
 
@@ -338,7 +351,7 @@ def _write(out, item: Prepared, e, i, class_names) -> Row:
                str(heat_path), str(overlay_path))
 
 
-def _write_summary(out, model_name, rows, skipped) -> None:
+def _write_summary(out, model_name, method, rows, skipped) -> None:
     """summary.csv and summary.json of this run, also where nothing was explained. The JSON is
     strict: non-finite numbers become null."""
     records = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
@@ -350,14 +363,15 @@ def _write_summary(out, model_name, rows, skipped) -> None:
             w.writerows(records)
     with _writing(out / "summary.json"):
         (out / "summary.json").write_text(json.dumps(
-            {"model": model_name, "images": records, "skipped": skipped}, indent=2,
+            {"model": model_name, "method": method, "images": records, "skipped": skipped},
+            indent=2,
             allow_nan=False))
 
 
-def _report(rows, skipped, out, model_name):
+def _report(rows, skipped, out, model_name, method):
     header = (f"{'image':14s} {'predicted':24s} {'prob':>5s} {'explained':24s} {'logit':>8s} "
               f"{'sum R':>8s} {'R+':>9s} {'R-':>9s}")
-    print(f"model: {model_name}")
+    print(f"model: {model_name}  method: {method}")
     if rows:
         print(header)
     for r in rows:

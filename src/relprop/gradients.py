@@ -64,8 +64,13 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str, **optio
                 leaf = x.detach().requires_grad_()  # a new tensor: the caller's is not touched
                 attribution = _ATTRIBUTE[method](scores_model, leaf, tgt, opts)
             except (RuntimeError, AssertionError, TypeError) as e:
-                raise ValueError(f"Captum cannot compute '{method}' on {type(model).__name__}: "
-                                 f"{type(e).__name__}: {e}") from None
+                hint = ""
+                if method == "deeplift" and "input/output attributes" in str(e):
+                    hint = (" (Captum's DeepLift needs every ReLU module to be called once per "
+                            "forward pass; this model calls one ReLU module several times, as "
+                            "torchvision's ResNet blocks do)")
+                raise ValueError(f"Captum cannot compute '{method}' on {type(model).__name__}"
+                                 f"{hint}: {type(e).__name__}: {e}") from None
     score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
     return Explanation(attribution.detach(), tgt, score, logits.detach(), method)
 

@@ -1,0 +1,75 @@
+"""Every method of relprop.methods() through relprop.explain on the model families: finite maps
+of the input's shape, one Explanation; what a method cannot do is a clear ValueError."""
+import functools
+
+import pytest
+import torch
+import torchvision
+
+import relprop
+from relprop import models
+
+FAMILIES = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "efficientnet_lite0": 32}
+CANNOT = {("resnet50", "deeplift"): "calls one ReLU module several times"}
+
+
+@functools.lru_cache(maxsize=None)
+def family(name):
+    torch.manual_seed(0)
+    if name == "efficientnet_lite0":
+        return models.spec(name).build().eval()
+    kwargs = {"init_weights": False, "aux_logits": False, "transform_input": True} \
+        if name == "inception_v3" else {}
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+
+
+def test_methods_lists_what_explain_accepts():
+    assert relprop.methods()[0] == "rap"
+    assert {"lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat", "lrp-epsilon-alpha2beta1",
+            "lrp-epsilon-alpha2beta1-flat", "lrp-epsilon-gamma-box", "gradient",
+            "gradient-x-input", "integrated-gradients", "smoothgrad", "guided-backprop",
+            "deeplift", "grad-cam"} <= set(relprop.methods())
+    with pytest.raises(ValueError, match="unknown method 'lrp'; available: rap, lrp-epsilon"):
+        relprop.explain(family("vgg16"), torch.randn(1, 3, 32, 32), method="lrp")
+
+
+@pytest.mark.parametrize("method", relprop.methods())
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_method_on_every_family(name, method):
+    model, size = family(name), FAMILIES[name]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    before = x.clone()
+    if (name, method) in CANNOT:
+        with pytest.raises(ValueError, match=CANNOT[(name, method)]):
+            relprop.explain(model, x, method=method)
+        return
+    e = relprop.explain(model, x, target=[1, 2], method=method)
+    assert e.relevance.shape == x.shape and torch.isfinite(e.relevance).all()
+    assert e.method == method and e.target.tolist() == [1, 2]
+    assert torch.allclose(e.score, model(x)[:, [1, 2]].diagonal())
+    if method != "grad-cam":  # a ReLU'd CAM of random weights may be 0 everywhere
+        assert e.relevance.abs().sum() > 0
+    assert torch.equal(x, before) and not x.requires_grad
+
+
+def test_options_are_checked_and_used():
+    model, x = family("vgg16"), torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="takes no option alpha; its options: epsilon=1e-06"):
+        relprop.explain(model, x, method="lrp-epsilon", alpha=2)
+    with pytest.raises(ValueError, match="'rap' takes no option epsilon"):
+        relprop.explain(model, x, method="rap", epsilon=1)
+    coarse = relprop.explain(model, x, method="lrp-epsilon", epsilon=10.0).relevance
+    fine = relprop.explain(model, x, method="lrp-epsilon").relevance
+    assert not torch.allclose(coarse, fine)
+    a = relprop.explain(model, x, method="smoothgrad", samples=4, seed=3).relevance
+    b = relprop.explain(model, x, method="smoothgrad", samples=4, seed=3).relevance
+    assert torch.equal(a, b)
+
+
+def test_smoothgrad_leaves_the_callers_random_state():
+    model, x = family("vgg16"), torch.randn(1, 3, 32, 32)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    relprop.explain(model, x, method="smoothgrad", samples=2)
+    assert torch.equal(torch.rand(3), expected)
