@@ -60,8 +60,8 @@ def case(request):
     return _case(request.param)
 
 
-def _zennit(model, x, target, composite):
-    onehot = torch.nn.functional.one_hot(target, 10).to(D)
+def _zennit(model, x, target, composite, classes=10):
+    onehot = torch.nn.functional.one_hot(target, classes).to(D)
     with Gradient(model=copy.deepcopy(model), composite=composite) as attributor:
         _, relevance = attributor(x, lambda out: onehot * out)  # relevance starts at the score
     return relevance
@@ -93,3 +93,67 @@ def test_lrp_epsilon_matches_captum_on_vgg16():
     theirs = LRP(copy.deepcopy(model)).attribute(x.clone().requires_grad_(), target=target)
     scale = theirs.flatten(1).abs().amax(1)
     assert ((ours - theirs).flatten(1).abs().amax(1) <= 1e-6 * scale).all()
+
+
+def bias_free(name, size):
+    """A family member with every bias 0 and default BatchNorm statistics, so that the LRP rules
+    (bias-free, ε and stabiliser at 1e-30) must conserve; and an input of that size."""
+    from relprop import models
+    torch.manual_seed(0)
+    if name == "efficientnet_lite0":
+        model = models.spec(name).build()
+    else:
+        kwargs = {"init_weights": False, "aux_logits": False, "transform_input": True} \
+            if name == "inception_v3" else {}
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+                m.bias.zero_()
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eps = 0.0  # Zennit's merge is exact only then (see randomised)
+    x = torch.randn(2, 3, size, size, dtype=D, generator=torch.Generator().manual_seed(0))
+    return model.double().eval(), x
+
+
+TINY = dict(epsilon=1e-30, stabilizer=1e-30)
+SIZES = {"vgg16": 32, "resnet50": 64, "inception_v3": 80, "efficientnet_lite0": 64}
+RELU_NETWORKS = ["vgg16", "resnet50", "inception_v3"]
+
+
+@pytest.mark.parametrize("name, method", [(n, "lrp-epsilon") for n in SIZES] + [
+    (n, m) for n in RELU_NETWORKS for m in ("lrp-epsilon-plus", "lrp-epsilon-alpha2beta1")])
+def test_conservative_rules_conserve(name, method):
+    """ε -> 0 everywhere; z+ and α2β1 on ReLU networks (EfficientNet's signed activations break
+    their conservation by design: z+ drops the relevance of units whose positive part is 0)."""
+    model, x = bias_free(name, SIZES[name])
+    e = relprop.explain(model, x, [1, 2], method=method, **TINY)
+    assert torch.isfinite(e.relevance).all()
+    assert (e.delta.abs() <= 1e-9 * e.score.abs()).all(), e.delta / e.score
+
+
+def test_captum_loses_relevance_on_resnet50_and_relprop_does_not():
+    """Captum's LRP passes the residual additions as a plain gradient: on a bias-free ResNet-50
+    its relevance explodes; relprop's ε-rule conserves the score."""
+    from captum.attr import LRP
+    model, x = bias_free("resnet50", 64)
+    target = torch.tensor([1, 2])
+    ours = relprop.explain(model, x, target, method="lrp-epsilon", **TINY)
+    captum = LRP(copy.deepcopy(model)).attribute(x.clone().requires_grad_(), target=target)
+    captum_error = ((captum.sum((1, 2, 3)) - ours.score) / ours.score).abs()
+    assert (captum_error > 1).all(), captum_error
+    assert (ours.delta.abs() <= 1e-9 * ours.score.abs()).all()
+
+
+def test_zennit_loses_relevance_on_inception_and_relprop_does_not():
+    """Zennit has no Inception canonizer: its functional average pooling and input transform take
+    the plain gradient, and EpsilonPlus loses most of the score; relprop keeps it."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+    model, x = bias_free("inception_v3", 80)
+    target = torch.tensor([1, 2])
+    ours = relprop.explain(model, x, target, method="lrp-epsilon-plus", **TINY)
+    theirs = _zennit(model, x, target, zc.EpsilonPlus(canonizers=[SequentialMergeBatchNorm()],
+                                                      **TINY), classes=1000)
+    zennit_error = ((theirs.sum((1, 2, 3)) - ours.score) / ours.score).abs()
+    assert (zennit_error > 0.1).all(), zennit_error
+    assert (ours.delta.abs() <= 1e-9 * ours.score.abs()).all()
