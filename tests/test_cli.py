@@ -344,3 +344,28 @@ def test_unknown_method_is_one_line(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'lrp'" in err and "Traceback" not in err
+
+
+def test_compare_writes_a_grid_overlays_and_json(offline, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    pictures = [str(_picture(tmp_path / "cat.png")), str(_picture(tmp_path / "cup.png", "coffee"))]
+    assert cli.main(["compare", *pictures, "--model", "efficientnet_lite0",
+                     "--methods", "rap,lrp-epsilon-plus,gradient", "--out", str(out)]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["methods"] == ["rap", "lrp-epsilon-plus", "gradient"]
+    assert [r["image"] for r in summary["images"]] == ["cat", "cup"]
+    for record in summary["images"]:
+        rap = record["methods"]["rap"]
+        assert abs(rap["relevance_sum"] - record["score"]) <= 1e-3 * abs(record["score"])
+        for m in summary["methods"]:
+            assert Image.open(record["methods"][m]["overlay"]).size == (224, 224)
+    grid = Image.open(out / "compare.png")
+    assert grid.width > 3 * grid.height / 2  # 4 columns, 2 rows
+    assert np.asarray(grid.convert("L")).std() > 10  # not a blank picture
+
+
+def test_compare_refuses_unknown_methods_before_any_work(capsys):
+    assert cli.main(["compare", "--methods", "rap,lrp"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: unknown lrp; choose from rap, lrp-epsilon" in err
+    assert len(err.strip().splitlines()) == 1

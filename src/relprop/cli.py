@@ -70,16 +70,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="explain images (RAP or another method) and write heat "
                                         "maps")
-    ex.add_argument("images", nargs="*", metavar="IMAGE",
-                    help=f"image files (default: scikit-image's {', '.join(SAMPLES)}), read as an "
-                         "image viewer shows them: EXIF orientation applied, 16-bit images scaled "
-                         "to 8 bits, transparent pixels on a white background")
-    ex.add_argument("--model", default=None,
-                    help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
-                         f"{models.FALLBACK} when its weights cannot be had)")
-    ex.add_argument("--weights", default=None, help="a checkpoint file for the model")
-    ex.add_argument("--target", default=None,
-                    help="class to explain: an index or an exact class name (default: predicted)")
+    _image_options(ex)
     ex.add_argument("--method", default="rap", choices=methods(), metavar="METHOD",
                     help=f"one of {', '.join(methods())} (default: rap)")
     ex.add_argument("--out", default="relprop-out",
@@ -87,12 +78,16 @@ def main(argv=None) -> int:
                          "NAME_overlay.png per image (NAME-2_... where names repeat), "
                          "summary.csv and summary.json; a rerun replaces what the last run's "
                          "summary.json lists")
-    ex.add_argument("--device", default=None,
-                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    ex.add_argument("--batch-size", type=int, default=8)
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="precision of the model and the propagation (bfloat16: networks "
                          "without residual additions, such as VGG; default float32)")
+    co = sub.add_parser("compare", help="explain images with several methods side by side")
+    _image_options(co)
+    co.add_argument("--methods", default=",".join(methods()),
+                    help="comma-separated methods (default: all of them)")
+    co.add_argument("--out", default="relprop-compare",
+                    help="output folder (default: relprop-compare): compare.png (rows: images, "
+                         "columns: methods), NAME_METHOD.png overlays and compare.json")
     sub.add_parser("models", help="list the registered models")
     args = parser.parse_args(argv)
     if args.command == "models":
@@ -100,13 +95,30 @@ def main(argv=None) -> int:
             print(f"{name:20s} {models.spec(name).description}")
         return 0
     try:
-        return explain(args)
+        return explain(args) if args.command == "explain" else compare(args)
     except _Failure as e:
         print(f"relprop: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("relprop: interrupted", file=sys.stderr)
         return 130
+
+
+def _image_options(p) -> None:
+    """The options every command that reads images shares."""
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help=f"image files (default: scikit-image's {', '.join(SAMPLES)}), read as an "
+                        "image viewer shows them: EXIF orientation applied, 16-bit images scaled "
+                        "to 8 bits, transparent pixels on a white background")
+    p.add_argument("--model", default=None,
+                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
+                        f"{models.FALLBACK} when its weights cannot be had)")
+    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    p.add_argument("--target", default=None,
+                   help="class to explain: an index or an exact class name (default: predicted)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=8)
 
 
 class _Failure(Exception):
@@ -300,6 +312,64 @@ def explain(args) -> int:
         progress.close()
         _write_summary(out, name, args.method, rows, skipped)
     _report(rows, skipped, out, name, args.method)
+    return 1 if skipped else 0
+
+
+def compare(args) -> int:
+    """Every requested method on every image: one grid, one overlay per image and method."""
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in methods()]
+    if unknown or not chosen:
+        raise _Failure(f"--methods: unknown {', '.join(unknown) or 'nothing given'}; choose from "
+                       f"{', '.join(methods())}")
+    if args.batch_size < 1:
+        raise _Failure("--batch-size must be at least 1")
+    device = _device(args.device)
+    out = _check_out(args.out)
+    name, (model, preprocess, class_names) = _load_model(args)
+    target = _target(args.target, class_names)
+    with _memory(f"moving {name} to {device}", "use --device cpu"):
+        model = model.to(device)
+    spec = models.spec(name)
+    try:
+        explainers = {m: _explainer(model, m, torch.float32) for m in chosen}
+    except (UnsupportedOperation, UntraceableModel, ValueError) as e:
+        raise _Failure(str(e)) from None
+    inputs = _inputs(args.images, spec.resize)
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    rows, records, skipped = [], [], []
+    progress = tqdm(total=len(inputs), desc=f"compare {name}", unit="img", file=sys.stderr,
+                    disable=len(inputs) < 2)
+    for batch in _batches(_prepared(inputs, preprocess, spec, skipped, progress),
+                          args.batch_size):
+        x = torch.stack([item.tensor for item in batch]).to(device)
+        found = {m: _explain_batch(explainers[m], x, target) for m in chosen}
+        for i, item in enumerate(batch):
+            first = found[chosen[0]]
+            explained = class_names[int(first.target[i])]
+            heat = {m: e.heatmap[i] for m, e in found.items()}
+            record = {"image": item.source.name, "file": item.source.file,
+                      "explained": explained, "score": float(first.score[i]), "methods": {}}
+            for m, e in found.items():
+                path = out / f"{item.source.name}_{m}.png"
+                with _writing(path):
+                    plot.overlay_image(item.view, heat[m]).save(path)
+                record["methods"][m] = {"relevance_sum": float(e.relevance[i].sum()),
+                                        "overlay": str(path)}
+            records.append(record)
+            rows.append((f"{item.source.name}: {explained}", item.view, heat))
+        progress.update(len(batch))
+    progress.close()
+    if rows:
+        with _writing(out / "compare.png"):
+            plot.grid(rows, chosen, out / "compare.png")
+    with _writing(out / "compare.json"):
+        (out / "compare.json").write_text(json.dumps(
+            {"model": name, "methods": chosen, "images": records, "skipped": skipped}, indent=2,
+            allow_nan=False))
+    print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
+          f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
     return 1 if skipped else 0
 
 

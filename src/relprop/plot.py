@@ -8,17 +8,26 @@ from matplotlib import colormaps
 from PIL import Image
 
 CMAP = "bwr"  # blue - white - red, white at the centre
-CLIP_PERCENTILE = 99.5  # as Captum's outlier clipping: a few extreme pixels would wash out the rest
+CLIP_PERCENTILE = 99.5  # the colour limit; a few extreme pixels would otherwise wash out the rest
+SIGNS = ("all", "positive", "negative")
 
 
 def default_limit(h: np.ndarray) -> float:
-    """The |relevance| shown fully saturated: the 99.5th percentile of |h| (max |h| if that is 0)."""
+    """The |relevance| shown fully saturated: the 99.5th percentile of |h| (max |h| if that is 0).
+
+    One rule for every picture relprop draws: a percentile of the pixels' magnitudes, so that the
+    0.5 % strongest pixels saturate. (Captum's visualisation clips at a cumulative share of the
+    total mass instead; on maps with a few huge pixels the two differ.)"""
     a = np.abs(h)
     limit = float(np.percentile(a, CLIP_PERCENTILE))
     return limit if limit > 0 else float(a.max())
 
 
-def to_numpy(heatmap) -> np.ndarray:
+def to_numpy(heatmap, sign: str = "all") -> np.ndarray:
+    """(H, W) float64 array of a heat map or of (C, H, W) relevance; ``sign`` keeps only the
+    positive or the negative part."""
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {', '.join(SIGNS)}, got {sign!r}")
     if isinstance(heatmap, torch.Tensor):
         heatmap = heatmap.detach().float().cpu().numpy()
     heatmap = np.asarray(heatmap, dtype=np.float64)
@@ -26,13 +35,17 @@ def to_numpy(heatmap) -> np.ndarray:
         heatmap = heatmap.sum(0)
     if heatmap.ndim != 2:
         raise ValueError(f"a heat map is (H, W) or (C, H, W); got shape {heatmap.shape}")
+    if sign == "positive":
+        return heatmap.clip(min=0)
+    if sign == "negative":
+        return heatmap.clip(max=0)
     return heatmap
 
 
-def colorize(heatmap, limit: float | None = None) -> np.ndarray:
+def colorize(heatmap, limit: float | None = None, sign: str = "all") -> np.ndarray:
     """(H, W, 3) uint8 RGB. ``limit`` is the value shown fully saturated (default: default_limit(h)), the
     same for both signs so that 0 is always white."""
-    h = to_numpy(heatmap)
+    h = to_numpy(heatmap, sign)
     limit = default_limit(h) if limit is None else float(limit)
     scaled = 0.5 + 0.5 * h / limit if limit > 0 else np.full_like(h, 0.5)
     rgb = colormaps[CMAP](np.clip(scaled, 0, 1))[..., :3]
@@ -40,18 +53,18 @@ def colorize(heatmap, limit: float | None = None) -> np.ndarray:
 
 
 def heatmap_image(heatmap, size: tuple[int, int] | None = None,
-                  limit: float | None = None) -> Image.Image:
+                  limit: float | None = None, sign: str = "all") -> Image.Image:
     """The heat map as a picture; ``size`` (width, height) resizes it (nearest neighbour, so
     that each relevance value stays a clean block)."""
-    img = Image.fromarray(colorize(heatmap, limit))
+    img = Image.fromarray(colorize(heatmap, limit, sign))
     return img.resize(size, Image.NEAREST) if size and size != img.size else img
 
 
 def overlay_image(image: Image.Image, heatmap, alpha: float = 0.6,
-                  limit: float | None = None) -> Image.Image:
+                  limit: float | None = None, sign: str = "all") -> Image.Image:
     """The heat map over a grey version of ``image``; opacity grows with |relevance|, so places
     without relevance show the photo."""
-    h = to_numpy(heatmap)
+    h = to_numpy(heatmap, sign)
     base = image.convert("L").convert("RGB").resize((h.shape[1], h.shape[0]), Image.BILINEAR)
     limit = default_limit(h) if limit is None else float(limit)
     weight = np.clip(np.abs(h) / limit, 0, 1)[..., None] * alpha if limit > 0 else 0.0
@@ -68,3 +81,28 @@ def input_view(image: Image.Image, resize: int, crop: int) -> Image.Image:
                                           Image.BILINEAR)
     left, top = (resized.width - w) // 2, (resized.height - h) // 2
     return resized.crop((left, top, left + w, top + h))
+
+
+def grid(rows, methods, path, cell: float = 1.6) -> None:
+    """A grid of heat maps saved to ``path``: one row per image (``rows`` holds
+    ``(title, picture, {method: heat map})``), the picture first, then one column per method,
+    each panel with its own symmetric colour scale (``default_limit``), titled by method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    columns = 1 + len(methods)
+    fig = Figure(figsize=(cell * columns, cell * len(rows) + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (title, picture, heat) in enumerate(rows):
+        panels = [("input", np.asarray(picture))] + [(m, colorize(heat[m])) for m in methods]
+        for c, (label, image) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(path, dpi=110)
