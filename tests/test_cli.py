@@ -241,7 +241,7 @@ def test_bad_target_fails_before_any_image_is_read(target, says, tmp_path, monke
 
 
 def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
-    def fails(self, inputs, target=None):
+    def fails(self, inputs, target=None, layer=None):
         raise ValueError("the model's output is not finite:\nNaN logits for 1 image")
     monkeypatch.setattr(cli.RAP, "explain", fails)
     out = tmp_path / "out"
@@ -254,7 +254,7 @@ def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
     torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")])
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
-    def fails(self, inputs, target=None):
+    def fails(self, inputs, target=None, layer=None):
         raise error
     monkeypatch.setattr(cli.RAP, "explain", fails)
     assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 2
@@ -270,9 +270,9 @@ def test_images_are_read_batch_by_batch(tmp_path, monkeypatch, capsys):
         events.append("read")
         return real_open(*args, **kwargs)
 
-    def logged_explain(self, inputs, target=None):
+    def logged_explain(self, inputs, target=None, layer=None):
         events.append(f"explain {len(inputs)}")
-        return real_explain(self, inputs, target)
+        return real_explain(self, inputs, target, layer)
     monkeypatch.setattr(Image, "open", logged_open)
     monkeypatch.setattr(cli.RAP, "explain", logged_explain)
     assert _explain(tmp_path / "out", *paths, "--batch-size", "2") == 0
@@ -312,7 +312,7 @@ def test_summary_json_is_strict(tmp_path):
 
 
 def test_interrupt_is_one_line_and_leaves_a_summary(tmp_path, monkeypatch, capsys):
-    def interrupted(self, inputs, target=None):
+    def interrupted(self, inputs, target=None, layer=None):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli.RAP, "explain", interrupted)
     assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 130
@@ -369,3 +369,17 @@ def test_compare_refuses_unknown_methods_before_any_work(capsys):
     err = capsys.readouterr().err
     assert "--methods: unknown lrp; choose from rap, lrp-epsilon" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_layer_option_writes_the_layers_map(offline, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(_picture(tmp_path / "cat.png")), "--model",
+                     "efficientnet_lite0", "--layer", "_conv_head", "--out", str(out)]) == 0
+    row = json.loads((out / "summary.json").read_text())["images"][0]
+    assert Image.open(row["overlay"]).size == (224, 224)
+    assert abs(row["relevance_sum"] - row["logit"]) <= 1e-3 * abs(row["logit"])  # RAP conserves
+
+
+def test_unknown_layer_fails_before_any_image(capsys):
+    assert cli.main(["explain", "--model", "efficientnet_lite0", "--layer", "nope"]) == 2
+    assert "layer 'nope' is neither a module path" in capsys.readouterr().err

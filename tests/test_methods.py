@@ -73,3 +73,22 @@ def test_smoothgrad_leaves_the_callers_random_state():
     torch.manual_seed(5)
     relprop.explain(model, x, method="smoothgrad", samples=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-epsilon-plus", "gradient-x-input", "deeplift",
+                                    "grad-cam"])
+def test_relevance_inside_the_network(method):
+    model, x = family("vgg16"), torch.randn(2, 3, 32, 32)
+    e = relprop.explain(model, x, target=[1, 2], method=method, layer="features.28")
+    channels = 1 if method == "grad-cam" else 512
+    assert e.relevance.shape == (2, channels, 2, 2) and torch.isfinite(e.relevance).all()
+    if method == "rap":  # RAP conserves at every layer
+        assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score, rtol=1e-4, atol=1e-6)
+
+
+def test_layer_errors_say_what_to_pass():
+    model, x = family("vgg16"), torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="neither a module path nor a graph node.*features.28"):
+        relprop.explain(model, x, layer="features.99")
+    with pytest.raises(ValueError, match="no layer variant of 'smoothgrad'"):
+        relprop.explain(model, x, method="smoothgrad", layer="features.28")

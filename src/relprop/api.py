@@ -101,14 +101,19 @@ class Propagation:
         self._plan = engine.Plan(self.graph, self.method)
         self._tree = ModuleTree(model)
 
-    def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
-        """Relevance of every input entry, shaped like ``inputs``."""
-        return self.explain(inputs, target).relevance
+    def attribute(self, inputs: torch.Tensor, target: Target = None,
+                  layer: str | None = None) -> torch.Tensor:
+        """Relevance of every input entry, shaped like ``inputs`` (or like ``layer``'s output)."""
+        return self.explain(inputs, target, layer).relevance
 
-    def explain(self, inputs: torch.Tensor, target: Target = None) -> Explanation:
+    def explain(self, inputs: torch.Tensor, target: Target = None,
+                layer: str | None = None) -> Explanation:
+        """``layer`` (a module path such as ``'features.28'``, or a graph node) returns the
+        relevance of that layer's output instead of the input's."""
         model = self.model
         if not self._tree.matches(model):
             self._trace(model)
+        stop = None if layer is None else self.node(layer)
         self._check_inputs(inputs)
         _warn_if_training(model)
         # inference_mode(False): pooling and reshapes route relevance through autograd.
@@ -134,8 +139,21 @@ class Propagation:
                 -1, 1, *logits.shape[2:]), 1.0)
             if self.start_at_score:
                 start = start * logits
-            relevance = engine.backward(self._plan, run, start)
+            relevance = engine.backward(self._plan, run, start, stop)
         return Explanation(relevance, tgt, run.score, logits.detach(), self.method)
+
+    def node(self, layer: str) -> str:
+        """The graph node whose value is ``layer``'s output: a module path (its last op) or a
+        node name."""
+        if layer in self.graph and layer != self.graph.input:
+            return layer
+        ops = [op.name for op in self.graph.ops if op.module_path == layer]
+        if not ops:
+            paths = list(dict.fromkeys(op.module_path for op in self.graph.ops
+                                       if op.module_path and op.kind in ("conv", "linear")))
+            raise ValueError(f"layer '{layer}' is neither a module path nor a graph node of this "
+                             f"model; its layers include {', '.join(paths[-5:])}")
+        return ops[-1]
 
     def _check_inputs(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -338,9 +356,10 @@ def methods() -> list[str]:
 
 
 def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
-            method: str = "rap", **options) -> Explanation:
+            method: str = "rap", layer: str | None = None, **options) -> Explanation:
     """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted) with
-    ``method`` (one of :func:`methods`); ``options`` are the method's keyword options.
+    ``method`` (one of :func:`methods`); ``options`` are the method's keyword options. ``layer``
+    (a module path) gives the relevance of that layer's output instead of the input's.
 
     The traced graph is kept per model, so calling this in a loop traces once; it holds the
     model weakly (a model the caller drops is freed) and re-traces a model whose modules changed.
@@ -352,7 +371,7 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
         from . import gradients
         if method not in gradients.METHODS:
             raise ValueError(f"unknown method '{method}'; available: {', '.join(methods())}")
-        return gradients.explain(model, inputs, target, method, **options)
+        return gradients.explain(model, inputs, target, method, layer=layer, **options)
     per_model = _EXPLAINERS.setdefault(model, {})
     explainer = per_model.get(method)
     if explainer is None:
@@ -361,7 +380,7 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
         explainer._owner = None
         per_model[method] = explainer
     explainer.options = _options(method, explainer.defaults, options)
-    return explainer.explain(inputs, target)
+    return explainer.explain(inputs, target, layer)
 
 
 __all__ = ["RAP", "LRP", "Propagation", "Explanation", "explain", "methods"]

@@ -78,6 +78,9 @@ def main(argv=None) -> int:
                          "NAME_overlay.png per image (NAME-2_... where names repeat), "
                          "summary.csv and summary.json; a rerun replaces what the last run's "
                          "summary.json lists")
+    ex.add_argument("--layer", default=None,
+                    help="a module path (e.g. features.28): show the relevance of that layer's "
+                         "output, summed over its channels, instead of the input's")
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="precision of the model and the propagation (bfloat16: networks "
                          "without residual additions, such as VGG; default float32)")
@@ -290,7 +293,7 @@ def explain(args) -> int:
         model = model.to(device, dtype)
     spec = models.spec(name)
     try:
-        explainer = _explainer(model, args.method, dtype)
+        explainer = _explainer(model, args.method, dtype, args.layer)
     except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise _Failure(str(e)) from None
     inputs = _inputs(args.images, spec.resize)
@@ -373,15 +376,19 @@ def compare(args) -> int:
     return 1 if skipped else 0
 
 
-def _explainer(model, method, dtype):
+def _explainer(model, method, dtype, layer=None):
     """A function from a batch to its Explanation; a propagation method traces the model now, so
     that an op it cannot explain, or a precision it is not tested in, stops the run before any
     image is read."""
     if method in PROPAGATION:
         explainer = RAP(model) if PROPAGATION[method] is RAP else LRP(model, method)
         explainer.check_precision(dtype)
-        return explainer.explain
-    return lambda x, target: gradients.explain(model, x, target, method)
+        if layer is not None:
+            explainer.node(layer)  # a layer the model does not have fails before any image
+        return lambda x, target: explainer.explain(x, target, layer)
+    if layer is not None:
+        gradients._layer_variant(model, method, layer)
+    return lambda x, target: gradients.explain(model, x, target, method, layer=layer)
 
 
 def _explain_batch(explainer, x, target):
@@ -407,6 +414,9 @@ def _memory(doing, remedy):
 
 def _write(out, item: Prepared, e, i, class_names) -> Row:
     heat = e.heatmap[i]
+    if tuple(heat.shape) != item.view.size[::-1]:  # a layer's map, shown at the picture's size
+        heat = torch.nn.functional.interpolate(heat[None, None].float(), size=item.view.size[::-1],
+                                               mode="nearest")[0, 0]
     heat_path, overlay_path = (out / f"{item.source.name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with _writing(heat_path):
         plot.heatmap_image(heat).save(heat_path)

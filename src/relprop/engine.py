@@ -98,14 +98,19 @@ def forward(plan: Plan, x: torch.Tensor) -> Run:
     return Run(env, shapes, plan.notes)
 
 
-def backward(plan: Plan, run: Run, relevance: torch.Tensor) -> torch.Tensor:
-    """Sweep from the output to the input; returns the relevance of the model input."""
+def backward(plan: Plan, run: Run, relevance: torch.Tensor, stop: str | None = None
+             ) -> torch.Tensor:
+    """Sweep from the output to the input; returns the relevance of the model input, or of the
+    value ``stop`` (a graph node) where the sweep stops there."""
     graph = plan.graph
     total: dict[str, torch.Tensor] = {graph.output: relevance}
     env = run.env
     for i in range(len(graph.ops) - 1, -1, -1):
         op = graph.ops[i]
         r = total.pop(op.name, None)
+        if op.name == stop:
+            return r if r is not None else torch.zeros(run.shape(stop), dtype=relevance.dtype,
+                                                       device=relevance.device)
         if r is not None and op.name in plan.rules:
             shares = plan.rules[op.name].fn(op, r, run)
             if len(shares) != len(op.inputs):

@@ -40,9 +40,13 @@ class _ClassScores(nn.Module):
         return out.flatten(2).sum(-1) if out.dim() > 2 else out
 
 
-def explain(model: nn.Module, inputs: torch.Tensor, target, method: str, **options):
+def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
+            layer: str | None = None, **options):
     from .api import Explanation, _check_finite, _options, _targets, exact_float32
     opts = _options(method, METHODS[method], options)
+    attribute = _ATTRIBUTE[method]
+    if layer is not None:
+        attribute = _layer_variant(model, method, layer)
     _check_inputs(model, inputs)
     scores_model = _ClassScores(model)
     with torch.inference_mode(False), eval_mode(model), exact_float32():
@@ -62,7 +66,7 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str, **optio
                                     category=UserWarning)
             try:
                 leaf = x.detach().requires_grad_()  # a new tensor: the caller's is not touched
-                attribution = _ATTRIBUTE[method](scores_model, leaf, tgt, opts)
+                attribution = attribute(scores_model, leaf, tgt, opts)
             except (RuntimeError, AssertionError, TypeError) as e:
                 hint = ""
                 if method == "deeplift" and "input/output attributes" in str(e):
@@ -152,6 +156,36 @@ def last_convolution(model: nn.Module) -> str:
     if not convs:
         raise ValueError("grad-cam needs a convolution; this model has none that is a module")
     return convs[-1]
+
+
+def _layer_variant(model, method, layer):
+    """Captum's layer variant of ``method`` at the module ``layer``: the attribution of that
+    layer's output."""
+    from captum import attr
+    variants = {
+        "gradient": lambda f, m: attr.LayerGradientXActivation(f, m, multiply_by_inputs=False),
+        "gradient-x-input": attr.LayerGradientXActivation,
+        "integrated-gradients": attr.LayerIntegratedGradients,
+        "deeplift": attr.LayerDeepLift, "grad-cam": attr.LayerGradCam}
+    if method not in variants:
+        raise ValueError(f"Captum has no layer variant of '{method}'; layer= works with the "
+                         f"propagation methods and {', '.join(variants)}")
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"layer '{layer}' is not a module path of {type(model).__name__} (e.g. "
+                         f"'{last_convolution(model)}')") from None
+
+    def attribute(f, x, target, opts):
+        extra = {"relu_attributions": True} if method == "grad-cam" else {}
+        if "baseline" in opts:
+            extra["baselines"] = opts["baseline"]
+        if "steps" in opts:
+            extra["n_steps"] = opts["steps"]
+        found = variants[method](f, f.model.get_submodule(layer)).attribute(
+            x, target=target, **extra)
+        return found[0] if isinstance(found, tuple) else found
+    return attribute
 
 
 _ATTRIBUTE = {"gradient": _gradient, "gradient-x-input": _gradient_x_input,
