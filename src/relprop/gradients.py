@@ -171,7 +171,7 @@ def _layer_variant(model, method, layer):
         raise ValueError(f"Captum has no layer variant of '{method}'; layer= works with the "
                          f"propagation methods and {', '.join(variants)}")
     try:
-        module = model.get_submodule(layer)
+        model.get_submodule(layer)  # checked now: an unknown layer fails before any work
     except AttributeError:
         raise ValueError(f"layer '{layer}' is not a module path of {type(model).__name__} (e.g. "
                          f"'{last_convolution(model)}')") from None
