@@ -25,8 +25,12 @@ import time
 import warnings
 from pathlib import Path
 
+import functools
+
 import torch
 import torchvision
+
+import relprop
 
 from relprop import RAP
 from relprop.api import exact_float32
@@ -110,7 +114,7 @@ def timed(fns: dict, device, warmup, repeats) -> dict:
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-def bench(name, batch, device, warmup, repeats):
+def bench(name, batch, device, warmup, repeats, every_method=False):
     model = build(name).to(device)
     for p in model.parameters():
         p.requires_grad_(False)  # a gradient w.r.t. the input only, as attribution needs
@@ -132,6 +136,15 @@ def bench(name, batch, device, warmup, repeats):
 
     row = {"model": name, "batch": batch, "input": size}
     fns = {"forward": forward, "gradient": gradient, "rap": explain}
+    if every_method:  # each method of relprop.methods() through relprop.explain, as users call it
+        for method in relprop.methods()[1:]:
+            call = functools.partial(relprop.explain, model, x, target, method)
+            try:
+                call()
+            except ValueError as e:  # a method that cannot run on this model says why
+                print(f"{name}: {method} refused: {e}", flush=True)
+                continue
+            fns[f"explain:{method}"] = call
     lrp = _captum_lrp(model)
     if lrp is not None:  # the peer: Captum's LRP, on its own copy of the model (it sets rules)
         def captum_lrp():
@@ -231,6 +244,22 @@ def table(rows, title):
     return "\n".join(lines)
 
 
+def methods_table(rows) -> str:
+    """ms/image and peak memory of every method, relative to the gradient, from one run."""
+    lines = ["| model | batch | method | ms/img | × gradient | peak MiB | × gradient |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for m in relprop.methods():
+            key = "rap" if m == "rap" else f"explain:{m}"
+            if f"{key}_ms" not in r:
+                lines.append(f"| {r['model']} | {r['batch']} | {m} | refused | | | |")
+                continue
+            lines.append(f"| {r['model']} | {r['batch']} | {m} | {r[key + '_ms']:.1f} | "
+                         f"{r[key + '_ms'] / r['gradient_ms']:.2f} | {r[key + '_peak_mib']:.0f} | "
+                         f"{r[key + '_peak_mib'] / max(r['gradient_peak_mib'], 1e-9):.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -238,6 +267,8 @@ def main(argv=None):
     p.add_argument("--batches", nargs="+", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--every-method", action="store_true",
+                   help="also time every method of relprop.methods() (a table of its own)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -249,19 +280,22 @@ def main(argv=None):
     with exact_float32():  # RAP turns TF32 off for itself; the others compute alike
         for name in a.models:
             for batch in batches:
-                rows.append(bench(name, batch, device, warmup, repeats))
+                rows.append(bench(name, batch, device, warmup, repeats, a.every_method))
                 print(json.dumps(rows[-1]), flush=True)
     memory = "max allocated" if gpu else "peak RSS"
     title = (f"relprop {device.type} benchmark on {machine(device)}, torch {torch.__version__}, "
              f"median of {repeats} after {warmup} warm-up; peak memory: {memory} above the "
              f"model and inputs" + ("; float32 without TF32" if gpu else ""))
     md = table(rows, title)
+    if a.every_method:
+        md += "\n\nEvery method through relprop.explain:\n\n" + methods_table(rows)
     print(md)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{device.type}.json").write_text(json.dumps(
+    stem = device.type + ("-methods" if a.every_method else "")
+    (out / f"{stem}.json").write_text(json.dumps(
         {"machine": machine(device), "torch": torch.__version__, "rows": rows}, indent=2))
-    (out / f"{device.type}.md").write_text(md + "\n")
+    (out / f"{stem}.md").write_text(md + "\n")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,9 @@ def _gradient_x_input(f, x, target, opts):
 
 def _integrated_gradients(f, x, target, opts):
     from captum.attr import IntegratedGradients
+    # One batch of the caller's size per step: memory like a gradient's, not steps times it.
     return IntegratedGradients(f).attribute(x, baselines=opts["baseline"], target=target,
-                                            n_steps=opts["steps"])
+                                            n_steps=opts["steps"], internal_batch_size=len(x))
 
 
 def _smoothgrad(f, x, target, opts):
@@ -121,7 +122,7 @@ def _smoothgrad(f, x, target, opts):
         torch.manual_seed(opts["seed"])
         return NoiseTunnel(Saliency(f)).attribute(
             x, nt_type="smoothgrad", nt_samples=opts["samples"], stdevs=opts["noise"] * spread,
-            target=target, abs=False)
+            target=target, abs=False, nt_samples_batch_size=1)  # one noisy batch at a time
 
 
 def _guided_backprop(f, x, target, opts):
