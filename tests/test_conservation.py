@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 
+import relprop
 from relprop import RAP, models
 
 
@@ -43,3 +44,24 @@ def _give_batchnorm_statistics(model):
             with torch.no_grad():
                 m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_stable_rap_conserves(name):
+    """rap-stable (spec §7.5) conserves as RAP does, on every family."""
+    torch.manual_seed(0)
+    model = _family(name).double().eval()
+    _give_batchnorm_statistics(model)
+    x = torch.randn(2, 3, FAMILIES[name], FAMILIES[name], dtype=torch.float64)
+    e = relprop.explain(model, x, target=[1, 7], method="rap-stable")
+    assert torch.isfinite(e.relevance).all()
+    assert (e.delta.abs() <= 1e-9 * torch.clamp(e.score.abs(), min=1)).all(), (e.delta, e.score)
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn", "inception_v3"])
+def test_stable_rap_is_rap_without_additions(name):
+    torch.manual_seed(0)
+    model = _family(name).double().eval()
+    x = torch.randn(2, 3, FAMILIES[name], FAMILIES[name], dtype=torch.float64)
+    stable = relprop.explain(model, x, target=[1, 7], method="rap-stable").relevance
+    assert torch.equal(stable, RAP(model).attribute(x, target=[1, 7]))

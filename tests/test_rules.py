@@ -136,6 +136,18 @@ def _reference_hidden(lin, x, w, r, linear):
     return _reference_group(lin, xp, w, rp, linear)[0] + _reference_group(lin, xn, w, rn, linear)[0]
 
 
+def random_conv(cfg, size, seed, signed):
+    """A seeded generator, the conv's settings, a batch of two inputs (ReLU'd unless ``signed``)
+    and a weight for ``cfg``."""
+    g = torch.Generator().manual_seed(seed)
+    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
+    x = torch.randn(2, cfg["cin"], size, size, generator=g, dtype=D)
+    x = x if signed else x.relu()
+    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"], generator=g,
+                    dtype=D)
+    return g, kw, x, w
+
+
 CONVS = [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, k=3, cin=4, cout=6),
          dict(stride=(2, 2), padding=(0, 0), dilation=(1, 1), groups=1, k=1, cin=4, cout=6),
          dict(stride=(2, 2), padding=(3, 3), dilation=(1, 1), groups=1, k=7, cin=3, cout=5),
@@ -147,12 +159,7 @@ CONVS = [dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, k=3, cin
 @pytest.mark.parametrize("cfg", CONVS, ids=["3x3", "1x1s2", "7x7s2", "dilated-grouped",
                                              "depthwise"])
 def test_hidden_conv_matches_independent_formula(cfg, signed):
-    g = torch.Generator().manual_seed(0)
-    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
-    x = torch.randn(2, cfg["cin"], 9, 9, generator=g, dtype=D)
-    x = x if signed else x.relu()
-    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"], generator=g,
-                    dtype=D)
+    g, kw, x, w = random_conv(cfg, 9, 0, signed)
     out = F.conv2d(x, w, None, **kw)
     r = torch.randn(out.shape, generator=g, dtype=D) * (out.abs() > 0.3)
     op = make_op("conv", kwargs=kw, input_nonneg=not signed)
@@ -238,12 +245,7 @@ LAYER_IDS = ["3x3p1", "7x7s2p3", "dilated", "1x1", "grouped"]
 @pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
 @pytest.mark.parametrize("cfg", LAYER_CONVS, ids=LAYER_IDS)
 def test_output_layer_matches_matrix_form(cfg, signed):
-    g = torch.Generator().manual_seed(2)
-    kw = {k: cfg[k] for k in ("stride", "padding", "dilation", "groups")}
-    x = torch.randn(2, cfg["cin"], 7, 7, generator=g, dtype=D)
-    x = x if signed else x.relu()
-    w = torch.randn(cfg["cout"], cfg["cin"] // cfg["groups"], cfg["k"], cfg["k"], generator=g,
-                    dtype=D)
+    g, kw, x, w = random_conv(cfg, 7, 2, signed)
     b = torch.randn(cfg["cout"], generator=g, dtype=D)
     out = F.conv2d(x, w, b, **kw)
     d = torch.zeros_like(out)

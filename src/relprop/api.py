@@ -2,6 +2,7 @@
 returning an :class:`Explanation` with everything a plot or a table needs."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -214,6 +215,19 @@ class RAP(Propagation):
         super().__init__(model)
 
 
+class StableRAP(Propagation):
+    """``rap-stable`` (rap-spec §7.5): RAP with a stabilised z-rule at additions of tensors, so
+    that a residual sum near zero cannot hand out huge opposite shares; identical to RAP on
+    networks without additions (VGG, Inception-V3). ``epsilon`` (0.01) bounds every share to
+    ``R·(1 + ε)/ε``; ``epsilon=0`` is the paper's rule."""
+
+    method = "rap-stable"
+    defaults = {"epsilon": 0.01}
+
+    def __init__(self, model: nn.Module, **options):
+        super().__init__(model, **options)
+
+
 class LRP(Propagation):
     """Layer-wise Relevance Propagation as Zennit's composite of the same name (see
     :mod:`relprop.rules.lrp`): ``LRP(model, "lrp-epsilon-plus", epsilon=1e-6)``."""
@@ -346,7 +360,9 @@ def exact_float32():
 
 
 _EXPLAINERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-PROPAGATION = {"rap": RAP, **{m: LRP for m in lrp_rules.COMPOSITES}}
+# method -> a function from the model to its explainer
+PROPAGATION = {"rap": RAP, "rap-stable": StableRAP,
+               **{m: functools.partial(LRP, method=m) for m in lrp_rules.COMPOSITES}}
 
 
 def methods() -> list[str]:
@@ -375,12 +391,11 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
     per_model = _EXPLAINERS.setdefault(model, {})
     explainer = per_model.get(method)
     if explainer is None:
-        kind = PROPAGATION[method]
-        explainer = kind(model) if kind is RAP else kind(model, method)
+        explainer = PROPAGATION[method](model)
         explainer._owner = None
         per_model[method] = explainer
     explainer.options = _options(method, explainer.defaults, options)
     return explainer.explain(inputs, target, layer)
 
 
-__all__ = ["RAP", "LRP", "Propagation", "Explanation", "explain", "methods"]
+__all__ = ["RAP", "StableRAP", "LRP", "Propagation", "Explanation", "explain", "methods"]

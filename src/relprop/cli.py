@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import models, plot
 from . import gradients
-from .api import LRP, PROPAGATION, RAP, methods
+from .api import PROPAGATION, methods
 from .errors import UnsupportedOperation, UntraceableModel
 from .images import UnreadableImage, load_image
 
@@ -381,7 +381,7 @@ def _explainer(model, method, dtype, layer=None):
     that an op it cannot explain, or a precision it is not tested in, stops the run before any
     image is read."""
     if method in PROPAGATION:
-        explainer = RAP(model) if PROPAGATION[method] is RAP else LRP(model, method)
+        explainer = PROPAGATION[method](model)
         explainer.check_precision(dtype)
         if layer is not None:
             explainer.node(layer)  # a layer the model does not have fails before any image

@@ -63,10 +63,16 @@ def add(op, relevance, run):
     Float32 and float64 only: where a residual sum is near zero its operands are large and
     opposite, and bfloat16's rounding of them decides the shares (ResNet-18's heat maps in
     bfloat16 correlate 0.08-0.83 with float32's)."""
-    a, b = run.args(op)
     s = sdiv(relevance, run.output(op))
+    return operand_shares(op, run.args(op), lambda value: value * s)
+
+
+def operand_shares(op, operands, share_of):
+    """The relevance of each of ``op.inputs`` for a sum of ``operands``: ``share_of(operand)``
+    summed back onto the operand's shape, and summed over the operands that are the same tensor
+    (``x + x``)."""
     shares = {}
-    for ref, value in zip(op.args, (a, b)):
-        share = _fit(value * s, value.shape)
+    for ref, value in zip(op.args, operands):
+        share = _fit(share_of(value), value.shape)
         shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
     return tuple(shares[n] for n in op.inputs)

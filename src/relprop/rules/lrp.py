@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..ir import ModuleCall, resolve
 from . import register_analysis, register_rule
+from .common import operand_shares
 from .algebra import lin, lin_t, stabilize
 
 # method -> (rule for convolutions, rule for Linear layers, rule for the first layer or None)
@@ -183,14 +184,8 @@ def pool(op, relevance, run):
 
 def add(op, relevance, run):
     """The sum of two tensors: each operand's share in proportion to it, stabilised."""
-    a, b = run.args(op)
     s = relevance / stabilize(run.output(op), run.options["stabilizer"])
-    shares = {}
-    for ref, value in zip(op.args, (a, b)):
-        share = value * s
-        share = share if share.shape == value.shape else share.sum_to_size(value.shape)
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares[n] for n in op.inputs)
+    return operand_shares(op, run.args(op), lambda value: value * s)
 
 
 for _method in COMPOSITES:

@@ -15,9 +15,11 @@ from ..graph import output_layer as find_output_layer
 from ..ir import resolve
 from ..ops import pad_spec
 from . import WITH_BFLOAT16, register_analysis, register_rule
+from .common import operand_shares
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
+@register_analysis("rap-stable")
 @register_analysis("rap")
 def analyse(graph) -> dict:
     """Roles: the layer that produces the output (§2), the layers that read the input (§4, with
@@ -54,6 +56,8 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return c.sub_(delta).masked_fill_(zero, 0)
 
 
+@register_rule("linear", method="rap-stable", needs_inputs=True, dtypes=WITH_BFLOAT16)
+@register_rule("conv", method="rap-stable", needs_inputs=True, dtypes=WITH_BFLOAT16)
 @register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 @register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 def layer(op, relevance, run):
@@ -202,3 +206,16 @@ def _support(x, pad):
     for i in range(len(pad) // 2):
         inner[-1 - i] -= pad[2 * i] + pad[2 * i + 1]
     return F.pad(torch.ones(1, *inner, dtype=x.dtype, device=x.device), list(pad))
+
+
+@register_rule("add", method="rap-stable", needs_output=True)
+def stable_add(op, relevance, run):
+    """§7.5: ``R_i = R (x_i + ε s |x_i|) / (z + ε s Σ|x_j|)`` with ``s = sign(z)`` (+1 at 0). The
+    numerators sum to the denominator, so it conserves; ``|denominator| >= ε Σ|x_j|`` bounds every
+    share."""
+    a, b = run.args(op)
+    z = run.output(op)
+    eps = run.options["epsilon"]
+    s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    scaled = sdiv(relevance, z + eps * s * (a.abs() + b.abs()))
+    return operand_shares(op, (a, b), lambda value: (value + eps * s * value.abs()) * scaled)
