@@ -29,7 +29,7 @@ def test_methods_lists_what_explain_accepts():
             "lrp-epsilon-alpha2beta1-flat", "lrp-epsilon-gamma-box", "gradient",
             "gradient-x-input", "integrated-gradients", "smoothgrad", "guided-backprop",
             "deeplift", "grad-cam"} <= set(relprop.methods())
-    with pytest.raises(ValueError, match="unknown method 'lrp'; available: rap, lrp-epsilon"):
+    with pytest.raises(ValueError, match="unknown method 'lrp'; available: rap, rap-stable, lrp-epsilon"):
         relprop.explain(family("vgg16"), torch.randn(1, 3, 32, 32), method="lrp")
 
 
