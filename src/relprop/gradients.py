@@ -132,7 +132,31 @@ def _guided_backprop(f, x, target, opts):
 
 def _deeplift(f, x, target, opts):
     from captum.attr import DeepLift
-    return DeepLift(f).attribute(x, baselines=opts["baseline"], target=target)
+    return DeepLift(_ClassScores(one_relu_per_call(f.model))).attribute(
+        x, baselines=opts["baseline"], target=target)
+
+
+def one_relu_per_call(model: nn.Module) -> nn.Module:
+    """The model as a torch.fx GraphModule in which every call of a ReLU module has a ReLU module
+    of its own: Captum's DeepLift keeps state per module, so a ReLU module called several times
+    (torchvision's ResNet blocks) breaks it. The GraphModule shares the model's submodules and
+    weights; nothing is copied and the model is not changed. A model fx cannot trace is
+    returned as it is."""
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # torch.fx raises many types; Captum will say what fails
+        return model
+    seen = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.ReLU):
+            continue
+        if node.target in seen:
+            name = f"{node.target.replace('.', '_')}_call{len(seen)}"
+            gm.add_submodule(name, nn.ReLU())
+            node.target = name
+        seen.add(node.target)
+    gm.recompile()
+    return gm
 
 
 def _grad_cam(f, x, target, opts):
