@@ -109,3 +109,16 @@ def test_deeplift_runs_on_resnet_and_is_complete():
     assert (e.delta.abs() <= 1e-9 * e.score.abs()).all()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [n for n, _ in model.named_modules()] == names
+
+
+def test_gradient_methods_explain_in_eval_mode_and_say_so():
+    model = family("vgg16").train()
+    x = torch.randn(1, 3, 32, 32)
+    try:
+        with pytest.warns(UserWarning, match="training mode"):
+            e = relprop.explain(model, x, target=1, method="gradient")
+        assert model.training and all(m.training for m in model.modules())
+        assert torch.allclose(e.relevance, relprop.explain(model.eval(), x, target=1,
+                                                           method="gradient").relevance)
+    finally:
+        model.eval()

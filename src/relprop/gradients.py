@@ -42,12 +42,14 @@ class _ClassScores(nn.Module):
 
 def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
             layer: str | None = None, **options):
-    from .api import Explanation, _check_finite, _options, _targets, exact_float32
+    from .api import (Explanation, _check_finite, _options, _targets, _warn_if_training,
+                      exact_float32)
     opts = _options(method, METHODS[method], options)
     attribute = _ATTRIBUTE[method]
     if layer is not None:
         attribute = _layer_variant(model, method, layer)
     _check_inputs(model, inputs)
+    _warn_if_training(model)
     scores_model = _ClassScores(model)
     with torch.inference_mode(False), eval_mode(model), exact_float32():
         x = inputs.clone() if inputs.is_inference() else inputs
@@ -71,8 +73,8 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
                 hint = ""
                 if method == "deeplift" and "input/output attributes" in str(e):
                     hint = (" (Captum's DeepLift needs every ReLU module to be called once per "
-                            "forward pass; this model calls one ReLU module several times, as "
-                            "torchvision's ResNet blocks do)")
+                            "forward pass; this model calls one several times, and torch.fx "
+                            "could not trace it to give each call a ReLU of its own)")
                 raise ValueError(f"Captum cannot compute '{method}' on {type(model).__name__}"
                                  f"{hint}: {type(e).__name__}: {e}") from None
     score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
