@@ -157,35 +157,9 @@ class Propagation:
         return ops[-1]
 
     def _check_inputs(self, x) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"inputs must be floating point, got {x.dtype}; convert with "
-                             "inputs.float() and normalise as the model expects")
         first = self.graph.op(self.graph.input_layers[0]) if self.graph.input_layers else None
-        want = 4 if first is not None and first.kind == "conv" else None
-        if want and x.dim() != want:
-            hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == want - 1 else ""
-            raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
-                             f"{tuple(x.shape)}{hint}")
-        if x.dim() < 2:
-            raise ValueError(f"inputs must be a batch (N, ...) of at least two dimensions; got "
-                             f"shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("inputs is an empty batch (N = 0); pass at least one image")
-        channels = _expected_channels(self.graph, first)
-        if channels is not None and x.shape[1] != channels:
-            raise ValueError(f"the model expects {channels} input channels, but inputs have "
-                             f"{x.shape[1]} (shape {tuple(x.shape)})")
-        bad = ~torch.isfinite(x)
-        if bad.any():
-            raise ValueError(f"inputs contain {int(bad.sum())} NaN or Inf values; relevance "
-                             "needs finite inputs")
-        param = next(self.model.parameters(), None)
-        if param is not None and (param.device != x.device or param.dtype != x.dtype):
-            raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
-                             f"on {param.device}; move one to the other, e.g. "
-                             f"model.to(inputs.device, inputs.dtype)")
+        check_batch(self.model, x, rank=4 if first is not None and first.kind == "conv" else None,
+                    channels=_expected_channels(self.graph, first))
         self.check_precision(x.dtype)
 
     def check_precision(self, dtype: torch.dtype) -> None:
@@ -224,9 +198,6 @@ class StableRAP(Propagation):
     method = "rap-stable"
     defaults = {"epsilon": 0.01}
 
-    def __init__(self, model: nn.Module, **options):
-        super().__init__(model, **options)
-
 
 class LRP(Propagation):
     """Layer-wise Relevance Propagation as Zennit's composite of the same name (see
@@ -249,6 +220,39 @@ def _options(method: str, defaults: dict, given: dict) -> dict:
         known = ", ".join(f"{k}={v!r}" for k, v in defaults.items()) or "none"
         raise ValueError(f"'{method}' takes no option {', '.join(unknown)}; its options: {known}")
     return {**defaults, **given}
+
+
+def check_batch(model: nn.Module, x, rank: int | None = None,
+                channels: int | None = None) -> None:
+    """Raise a ValueError that says what is wrong with ``x`` as a batch for ``model``: its type,
+    dtype, rank (``rank`` where known) and size, channel count (``channels`` where known), finite
+    values and device."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"inputs must be floating point, got {x.dtype}; convert with "
+                         "inputs.float() and normalise as the model expects")
+    if rank and x.dim() != rank:
+        hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == rank - 1 else ""
+        raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
+                         f"{tuple(x.shape)}{hint}")
+    if x.dim() < 2:
+        raise ValueError(f"inputs must be a batch (N, ...) of at least two dimensions; got "
+                         f"shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("inputs is an empty batch (N = 0); pass at least one image")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"the model expects {channels} input channels, but inputs have "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        raise ValueError(f"inputs contain {int(bad.sum())} NaN or Inf values; relevance "
+                         "needs finite inputs")
+    param = next(model.parameters(), None)
+    if param is not None and (param.device != x.device or param.dtype != x.dtype):
+        raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
+                         f"on {param.device}; move one to the other, e.g. "
+                         f"model.to(inputs.device, inputs.dtype)")
 
 
 def _expected_channels(graph, first) -> int | None:

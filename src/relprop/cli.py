@@ -281,33 +281,61 @@ def _clear_previous_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def explain(args) -> int:
+@dataclass
+class _Job:
+    """What a command that explains images has set up, every option checked, before it reads
+    any image."""
+    name: str  # the model's registry name
+    spec: models.ModelSpec
+    preprocess: Callable
+    class_names: list
+    target: int | None
+    device: torch.device
+    dtype: torch.dtype
+    out: Path
+    explainers: dict  # method -> function from a batch to its Explanation
+    inputs: list
+
+    def batches(self, batch_size, skipped, progress):
+        """(prepared images, their batch on the device) as the run needs them."""
+        for batch in _batches(_prepared(self.inputs, self.preprocess, self.spec, skipped,
+                                        progress), batch_size):
+            yield batch, torch.stack([item.tensor for item in batch]).to(self.device, self.dtype)
+
+
+def _job(args, chosen, dtype=torch.float32, layer=None) -> _Job:
     if args.batch_size < 1:
         raise _Failure("--batch-size must be at least 1")
     device = _device(args.device)
     out = _check_out(args.out)
     name, (model, preprocess, class_names) = _load_model(args)
     target = _target(args.target, class_names)
-    dtype = DTYPES[args.dtype]
     with _memory(f"moving {name} to {device}", "use --device cpu"):
         model = model.to(device, dtype)
     spec = models.spec(name)
     try:
-        explainer = _explainer(model, args.method, dtype, args.layer)
+        explainers = {m: _explainer(model, m, dtype, layer) for m in chosen}
     except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise _Failure(str(e)) from None
     inputs = _inputs(args.images, spec.resize)
     with _writing(out):
         out.mkdir(parents=True, exist_ok=True)
+    return _Job(name, spec, preprocess, class_names, target, device, dtype, out, explainers,
+                inputs)
+
+
+def explain(args) -> int:
+    job = _job(args, [args.method], DTYPES[args.dtype], args.layer)
+    name, out, class_names, target = job.name, job.out, job.class_names, job.target
+    explainer, inputs = job.explainers[args.method], job.inputs
+    with _writing(out):
         _clear_previous_run(out)
 
     rows, skipped = [], []
     progress = tqdm(total=len(inputs), desc=f"{args.method} {name}", unit="img", file=sys.stderr,
                     disable=len(inputs) < 2)
     try:
-        for batch in _batches(_prepared(inputs, preprocess, spec, skipped, progress),
-                              args.batch_size):
-            x = torch.stack([item.tensor for item in batch]).to(device, dtype)
+        for batch, x in job.batches(args.batch_size, skipped, progress):
             e = _explain_batch(explainer, x, target)
             rows.extend(_write(out, item, e, i, class_names) for i, item in enumerate(batch))
             progress.update(len(batch))
@@ -325,29 +353,13 @@ def compare(args) -> int:
     if unknown or not chosen:
         raise _Failure(f"--methods: unknown {', '.join(unknown) or 'nothing given'}; choose from "
                        f"{', '.join(methods())}")
-    if args.batch_size < 1:
-        raise _Failure("--batch-size must be at least 1")
-    device = _device(args.device)
-    out = _check_out(args.out)
-    name, (model, preprocess, class_names) = _load_model(args)
-    target = _target(args.target, class_names)
-    with _memory(f"moving {name} to {device}", "use --device cpu"):
-        model = model.to(device)
-    spec = models.spec(name)
-    try:
-        explainers = {m: _explainer(model, m, torch.float32) for m in chosen}
-    except (UnsupportedOperation, UntraceableModel, ValueError) as e:
-        raise _Failure(str(e)) from None
-    inputs = _inputs(args.images, spec.resize)
-    with _writing(out):
-        out.mkdir(parents=True, exist_ok=True)
+    job = _job(args, chosen)
+    name, out, class_names, target = job.name, job.out, job.class_names, job.target
     rows, records, skipped = [], [], []
-    progress = tqdm(total=len(inputs), desc=f"compare {name}", unit="img", file=sys.stderr,
-                    disable=len(inputs) < 2)
-    for batch in _batches(_prepared(inputs, preprocess, spec, skipped, progress),
-                          args.batch_size):
-        x = torch.stack([item.tensor for item in batch]).to(device)
-        found = {m: _explain_batch(explainers[m], x, target) for m in chosen}
+    progress = tqdm(total=len(job.inputs), desc=f"compare {name}", unit="img", file=sys.stderr,
+                    disable=len(job.inputs) < 2)
+    for batch, x in job.batches(args.batch_size, skipped, progress):
+        found = {m: _explain_batch(job.explainers[m], x, target) for m in chosen}
         for i, item in enumerate(batch):
             first = found[chosen[0]]
             explained = class_names[int(first.target[i])]

@@ -36,19 +36,19 @@ class _ClassScores(nn.Module):
         self.model = model
 
     def forward(self, x):
-        out = self.model(x)
-        return out.flatten(2).sum(-1) if out.dim() > 2 else out
+        from .api import class_scores
+        return class_scores(self.model(x))
 
 
 def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
             layer: str | None = None, **options):
     from .api import (Explanation, _check_finite, _options, _targets, _warn_if_training,
-                      exact_float32)
+                      check_batch, class_scores, exact_float32)
     opts = _options(method, METHODS[method], options)
     attribute = _ATTRIBUTE[method]
     if layer is not None:
         attribute = _layer_variant(model, method, layer)
-    _check_inputs(model, inputs)
+    check_batch(model, inputs)
     _warn_if_training(model)
     scores_model = _ClassScores(model)
     with torch.inference_mode(False), eval_mode(model), exact_float32():
@@ -60,7 +60,7 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
                 raise ValueError(f"the model could not run on inputs of shape "
                                  f"{tuple(inputs.shape)}: {type(e).__name__}: {e}") from None
             _check_finite(logits)
-            scores = scores_model.forward(x) if logits.dim() > 2 else logits
+            scores = class_scores(logits)
         tgt = _targets(target, scores)
         with torch.enable_grad(), warnings.catch_warnings():
             # Captum announces the hooks it sets and removes; relprop says what it computes.
@@ -79,20 +79,6 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
                                  f"{hint}: {type(e).__name__}: {e}") from None
     score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
     return Explanation(attribution.detach(), tgt, score, logits.detach(), method)
-
-
-def _check_inputs(model, x):
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError("inputs must be a floating-point torch.Tensor batch (N, C, H, W)")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"inputs must be a non-empty batch (N, ...); got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("inputs contain NaN or Inf values; attributions need finite inputs")
-    param = next(model.parameters(), None)
-    if param is not None and (param.device != x.device or param.dtype != x.dtype):
-        raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
-                         f"on {param.device}; move one to the other, e.g. "
-                         "model.to(inputs.device, inputs.dtype)")
 
 
 def _gradient(f, x, target, opts):

@@ -46,14 +46,20 @@ def movement(op, relevance, run):
 def pool(op, relevance, run):
     """z-rule for pooling: ``x * d(Z * R/Z)/dx``; max pooling gives the relevance to the winner,
     average pooling shares it in proportion to the inputs (rap-spec §5)."""
+    x, g = input_vjp(op, run, lambda z: sdiv(relevance, run.output(op)))
+    return (x * g,)
+
+
+def input_vjp(op, run, cotangent_of):
+    """The op's first input ``x`` and the vector-Jacobian product at it, with the cotangent
+    ``cotangent_of(z)`` of the op's output ``z``: how pooling ops route relevance."""
     args = run.args(op)
     x = args[0]
-    s = sdiv(relevance, run.output(op))
     with torch.enable_grad():
         leaf = x.detach().requires_grad_()
         z = op.fn(leaf, *args[1:], **run.kwargs(op))
-        (g,) = torch.autograd.grad(z, leaf, s)
-    return (x * g,)
+        (g,) = torch.autograd.grad(z, leaf, cotangent_of(z.detach()))
+    return x, g
 
 
 @register_rule("add", method="*", needs_output=True)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..ir import ModuleCall, resolve
 from . import register_analysis, register_rule
-from .common import operand_shares
+from .common import input_vjp, operand_shares
 from .algebra import lin, lin_t, stabilize
 
 # method -> (rule for convolutions, rule for Linear layers, rule for the first layer or None)
@@ -169,16 +169,9 @@ def _is_max(op) -> bool:
 def pool(op, relevance, run):
     """Max pooling: the relevance to the winner (the gradient); average pooling and means: in
     proportion to the inputs, the denominator stabilised."""
-    args = run.args(op)
-    x = args[0]
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_()
-        z = op.fn(leaf, *args[1:], **run.kwargs(op))
-        if _is_max(op):
-            (g,) = torch.autograd.grad(z, leaf, relevance)
-            return (g,)
-        (g,) = torch.autograd.grad(z, leaf, relevance / stabilize(z.detach(),
-                                                                   run.options["stabilizer"]))
+    if _is_max(op):
+        return (input_vjp(op, run, lambda z: relevance)[1],)
+    x, g = input_vjp(op, run, lambda z: relevance / stabilize(z, run.options["stabilizer"]))
     return (x * g,)
 
 
