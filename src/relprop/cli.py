@@ -92,12 +92,28 @@ def main(argv=None) -> int:
                     help="output folder (default: relprop-compare): compare.png (rows: images, "
                          "columns: methods), NAME_METHOD.png overlays and compare.json")
     sub.add_parser("models", help="list the registered models")
+    sv = sub.add_parser("serve", help="a local web page (and JSON API) to explain images in the "
+                                      "browser")
+    sv.add_argument("--model", default=None,
+                    help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
+                         f"{models.FALLBACK} when its weights cannot be had)")
+    sv.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    sv.add_argument("--images", default=None,
+                    help="a folder of images offered as samples besides scikit-image's")
+    sv.add_argument("--device", default=None,
+                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     args = parser.parse_args(argv)
     if args.command == "models":
         for name in models.names():
             print(f"{name:20s} {models.spec(name).description}")
         return 0
     try:
+        if args.command == "serve":
+            from .serve import serve  # the web stack loads only for this command
+            return serve(args)
         return explain(args) if args.command == "explain" else compare(args)
     except _Failure as e:
         print(f"relprop: error: {_one_line(str(e))}", file=sys.stderr)
