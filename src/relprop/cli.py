@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     co.add_argument("--out", default="relprop-compare",
                     help="output folder (default: relprop-compare): compare.png (rows: images, "
                          "columns: methods), NAME_METHOD.png overlays and compare.json")
+    _evaluate_options(sub.add_parser(
+        "evaluate", help="measure the methods' maps: region perturbation (AOPC), localisation "
+                         "against boxes and masks, stability under invisible noise"))
     sub.add_parser("models", help="list the registered models")
     sv = sub.add_parser("serve", help="a local web page (and JSON API) to explain images in the "
                                       "browser")
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
         if args.command == "serve":
             from .serve import serve  # the web stack loads only for this command
             return serve(args)
-        return explain(args) if args.command == "explain" else compare(args)
+        return {"explain": explain, "compare": compare, "evaluate": evaluate}[args.command](args)
     except _Failure as e:
         print(f"relprop: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
@@ -402,6 +405,176 @@ def compare(args) -> int:
     print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
           f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
     return 1 if skipped else 0
+
+
+def _evaluate_options(p) -> None:
+    from .evaluate.perturbation import FILLS
+    from .evaluate.run import PERTURBATION_ORDERS, Settings
+    d = Settings()
+    p.add_argument("--model", default=None,
+                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
+                        f"{models.FALLBACK} when its weights cannot be had)")
+    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    p.add_argument("--data", default=None,
+                   help="a folder of images, or an ImageFolder tree (one sub-folder per class, "
+                        "which is then explained); default: scikit-image's "
+                        f"{', '.join(SAMPLES)}, predicted classes")
+    p.add_argument("--boxes", default=None,
+                   help="object boxes: a folder of Pascal VOC XML files (IMAGE.xml, as "
+                        "ImageNet's validation boxes), a CSV (image,xmin,ymin,xmax,ymax) or a "
+                        "JSON file (image -> [[xmin, ymin, xmax, ymax], ...])")
+    p.add_argument("--masks", default=None,
+                   help="a folder of segmentation masks IMAGE.png (non-zero: the object)")
+    p.add_argument("--methods", default=",".join(methods()),
+                   help="comma-separated methods (default: all of them)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated, of perturbation, localisation, stability (default: "
+                        "perturbation and stability, and localisation where --boxes or --masks "
+                        "is given)")
+    p.add_argument("--out", default="relprop-evaluate",
+                   help="output folder (default: relprop-evaluate): metrics.json, "
+                        "per_image.csv, perturbation.png")
+    p.add_argument("--region", type=int, default=d.region,
+                   help=f"side of the square regions perturbed together (default: {d.region})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"regions replaced, one more per step (default: {d.steps})")
+    p.add_argument("--perturbation", default=d.fill, choices=FILLS,
+                   help="what a replaced pixel becomes: uniform noise over the input's range, "
+                        f"the image's channel mean, or black (default: {d.fill})")
+    p.add_argument("--orders", default=",".join(d.orders),
+                   help=f"comma-separated, of {', '.join(PERTURBATION_ORDERS)} (default: all; a "
+                        "seeded random order is always measured once per image)")
+    p.add_argument("--iou-quantile", type=float, default=d.iou_quantile,
+                   help="the IoU's map is the pixels at or above this quantile of the relevance "
+                        f"(default: {d.iou_quantile}: the top 20 %%)")
+    p.add_argument("--sigmas", default=",".join(f"{s:g}" for s in d.sigmas),
+                   help="comma-separated noise levels (std in the model's input units) for "
+                        f"stability (default: {','.join(f'{s:g}' for s in d.sigmas)})")
+    p.add_argument("--samples", type=int, default=d.samples,
+                   help=f"noise draws per image and level (default: {d.samples})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun with "
+                        "CUDA each process takes the GPU of its LOCAL_RANK)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"images explained at once (default: {d.batch_size})")
+    p.add_argument("--forward-batch-size", type=int, default=d.forward_batch_size,
+                   help="perturbed images per forward call; bounds the memory of region "
+                        f"perturbation (default: {d.forward_batch_size})")
+
+
+def _choices(text, valid, option) -> list[str]:
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in valid]
+    if unknown or not chosen:
+        raise _Failure(f"{option}: unknown {', '.join(unknown) or 'nothing given'}; choose from "
+                       f"{', '.join(valid)}")
+    return chosen
+
+
+def _numbers(text, option, kind=float) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise _Failure(f"{option} {text}: give comma-separated numbers, e.g. 1e-3,1e-2") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise _Failure(f"{option} {text}: give one or more finite numbers >= 0")
+    return values
+
+
+def evaluate(args) -> int:
+    """The paper's checks of every chosen method on a data set; sharded under torchrun."""
+    from .evaluate import data as evaluation_data
+    from .evaluate import report
+    from .evaluate.run import (METRICS, PERTURBATION_ORDERS, Data, Settings, mean_curves,
+                               measure, start_processes, summarise, world)
+    chosen = _choices(args.methods, methods(), "--methods")
+    default_metrics = ["perturbation", "stability"] + (
+        ["localisation"] if args.boxes or args.masks else [])
+    metrics = _choices(args.metrics, METRICS, "--metrics") if args.metrics else default_metrics
+    if "localisation" in metrics and not (args.boxes or args.masks):
+        raise _Failure("--metrics localisation needs object boxes or masks: pass --boxes and/or "
+                       "--masks")
+    for option, value in (("--batch-size", args.batch_size), ("--samples", args.samples),
+                          ("--forward-batch-size", args.forward_batch_size),
+                          ("--steps", args.steps), ("--region", args.region)):
+        if value < 1:
+            raise _Failure(f"{option} must be at least 1")
+    if not 0 <= args.iou_quantile < 1:
+        raise _Failure(f"--iou-quantile {args.iou_quantile}: give a number in [0, 1)")
+    settings = Settings(metrics=tuple(metrics), region=args.region, steps=args.steps,
+                        fill=args.perturbation,
+                        orders=tuple(_choices(args.orders, PERTURBATION_ORDERS, "--orders")),
+                        iou_quantile=args.iou_quantile,
+                        sigmas=_numbers(args.sigmas, "--sigmas"), samples=args.samples,
+                        seed=args.seed, batch_size=args.batch_size,
+                        forward_batch_size=args.forward_batch_size)
+    device = _device(args.device)
+    start_processes(device.type)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    rank, size = world()
+    out = _check_out(args.out)
+    name, (model, preprocess, class_names) = _load_model(args)
+    spec = models.spec(name)
+    try:
+        if args.data is None:
+            items = [evaluation_data.Item(i, f"skimage.data.{s}", s, None)
+                     for i, s in enumerate(SAMPLES)]
+            read = lambda item: _sample(item.name)  # noqa: E731
+        else:
+            items = evaluation_data.list_images(args.data, class_names)
+            read = lambda item: load_image(item.path)  # noqa: E731
+        items = items[:args.limit] if args.limit is not None else items
+        boxes = evaluation_data.read_boxes(args.boxes) if args.boxes else None
+    except evaluation_data.DataError as e:
+        raise _Failure(str(e)) from None
+    if args.masks and not Path(args.masks).is_dir():
+        raise _Failure(f"--masks {args.masks}: not a folder; pass a folder of IMAGE.png masks")
+    with _memory(f"moving {name} to {device}", "use --device cpu"):
+        model = model.to(device)
+    try:
+        explainers = {m: _explainer(model, m, torch.float32) for m in chosen}
+    except (UnsupportedOperation, UntraceableModel, ValueError) as e:
+        raise _Failure(str(e)) from None
+    data = Data(items, preprocess, spec.resize, spec.input_size, boxes, args.masks,
+                evaluation_data.pixel_range(preprocess, spec.resize), read)
+    if rank == 0:
+        with _writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+    with _memory(f"evaluating {args.batch_size} images at once on {device}",
+                 "pass a smaller --batch-size or --forward-batch-size"):
+        try:
+            result = measure(model, explainers, data, settings, device)
+        except ValueError as e:
+            raise _Failure(str(e)) from None
+    if result is None:  # not rank 0: rank 0 writes
+        return 0
+    summary = summarise(result, chosen, settings)
+    curves = mean_curves(result)
+    measured = len({r["index"] for r in result.rows})
+    record = {"model": name, "weights": args.weights, "data": args.data or "scikit-image samples",
+              "boxes": args.boxes, "masks": args.masks, "methods": chosen, "images": measured,
+              "processes": size, "settings": asdict(settings), "metrics": summary,
+              "curves": curves, "skipped": result.skipped}
+    with _writing(out / "metrics.json"):
+        report.write_metrics(out / "metrics.json", record)
+    with _writing(out / "per_image.csv"):
+        report.write_rows(out / "per_image.csv", result.rows)
+    if "perturbation" in metrics and curves:
+        with _writing(out / "perturbation.png"):
+            report.plot_curves(out / "perturbation.png", curves, settings.orders, settings.steps,
+                               f"{name}, {measured} images, {settings.region}x{settings.region} "
+                               f"regions, {settings.fill}")
+    print(f"model: {name}; {measured} images x {len(chosen)} methods on {size} process"
+          f"{'es' if size > 1 else ''}")
+    print(report.table(summary, settings.orders))
+    skipped = f"; skipped {len(result.skipped)} images (listed in metrics.json)" \
+        if result.skipped else ""
+    print(f"wrote metrics.json, per_image.csv{', perturbation.png' if curves else ''} to "
+          f"{out}/{skipped}")
+    return 1 if result.skipped else 0
 
 
 def _explainer(model, method, dtype, layer=None):

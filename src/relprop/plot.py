@@ -72,15 +72,16 @@ def overlay_image(image: Image.Image, heatmap, alpha: float = 0.6,
     return Image.fromarray(mixed.round().astype(np.uint8))
 
 
-def input_view(image: Image.Image, resize: int, crop: int) -> Image.Image:
+def input_view(image: Image.Image, resize: int, crop: int,
+               resample=Image.BILINEAR) -> Image.Image:
     """The image as the model saw it: the short side resized to ``resize``, then the centre
-    ``crop`` x ``crop`` (torchvision's classification presets)."""
-    h = w = crop
-    scale = resize / min(image.height, image.width)
-    resized = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)),
-                                          Image.BILINEAR)
-    left, top = (resized.width - w) // 2, (resized.height - h) // 2
-    return resized.crop((left, top, left + w, top + h))
+    ``crop`` x ``crop``, with torchvision's own geometry (its classification presets), so that an
+    object mask brought along (``resample=Image.NEAREST``) lies on the same pixels."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+    modes = {Image.BILINEAR: InterpolationMode.BILINEAR, Image.NEAREST: InterpolationMode.NEAREST}
+    image = image if image.mode in ("RGB", "L", "1") else image.convert("RGB")
+    return TF.center_crop(TF.resize(image, resize, modes[resample]), crop)
 
 
 def grid(rows, methods, path, cell: float = 1.6) -> None:

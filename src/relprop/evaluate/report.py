@@ -1,0 +1,93 @@
+"""What ``relprop evaluate`` writes: metrics.json (every figure with every setting used),
+per_image.csv (one value per image, method and metric), perturbation.png (the mean curves) and
+the table it prints."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+ROW_FIELDS = ("index", "image", "file", "target", "method", "metric", "value")
+
+
+def _strict(value):
+    """JSON without NaN/Infinity: undefined figures are null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def write_metrics(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(_strict(record), indent=2, allow_nan=False))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", errors="surrogateescape") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: (r["index"], r["method"], r["metric"])))
+
+
+def plot_curves(path: Path, curves: dict, orders, steps: int, title: str) -> None:
+    """One panel per order, one line per method (random dashed): the mean drop of the explained
+    logit as regions are replaced."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.2 * len(orders), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(orders), squeeze=False)[0]
+    for ax, order in zip(axes, orders):
+        for method, by_order in curves.items():
+            if order in by_order:
+                ax.plot(range(steps + 1), by_order[order]["logit"], label=method, lw=1.2)
+        if "random" in curves:
+            ax.plot(range(steps + 1), curves["random"]["random"]["logit"], "k--", lw=1.2,
+                    label="random")
+        ax.set_title(order)
+        ax.set_xlabel("regions replaced")
+        ax.set_ylabel("mean drop of the explained logit")
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[-1].legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(summary: dict, orders) -> str:
+    """The printed summary: one line per method, the headline figure of each measured metric."""
+    columns = []  # (header, path into a method's figures)
+    if any("perturbation" in f for f in summary.values()):
+        columns += [(f"AOPC {o}", ("perturbation", o, "aopc")) for o in orders]
+        columns.append(("random", None))
+    for reference in ("boxes", "masks"):
+        if any(reference in f.get("localisation", {}) for f in summary.values()):
+            columns += [(f"{name} ({reference})", ("localisation", reference, key))
+                        for name, key in (("out/in", "outside_inside"), ("mass in", "mass_inside"),
+                                          ("pointing", "pointing"), ("mIoU", "iou"))]
+    stability = next((f["stability"] for f in summary.values() if "stability" in f), {})
+    columns += [(f"corr σ={s}", ("stability", s, "median_correlation")) for s in stability]
+    random = _get(summary.get("random", {}), ("perturbation", "random", "aopc"))
+    lines = ["method".ljust(22) + "".join(h.rjust(max(len(h), 8) + 2) for h, _ in columns)]
+    for method, figures in summary.items():
+        if method == "random":
+            continue
+        cells = []
+        for header, path in columns:
+            value = random if path is None else _get(figures, path)
+            width = max(len(header), 8) + 2
+            cells.append(("-" if value is None else f"{value:.3f}").rjust(width))
+        lines.append(method[:22].ljust(22) + "".join(cells))
+    return "\n".join(lines)
+
+
+def _get(figures: dict, path):
+    for key in path:
+        if not isinstance(figures, dict) or key not in figures:
+            return None
+        figures = figures[key]
+    return figures

@@ -1,0 +1,390 @@
+"""``relprop serve``: a local web page, and the JSON API it runs on, to explain images in the
+browser: upload a picture or pick a sample, see the top-5 predictions, click a class and see every
+method's map side by side, inside the network too, without rerunning a command.
+
+FastAPI with uvicorn rather than Gradio: the page is one static HTML/JS file over the same JSON API
+that scripts call (``POST /api/explain``), so what a script gets is what the page shows; FastAPI's
+test client tests that API in-process; nothing is fetched from the network (no CDN, no npm build).
+
+The model is loaded once and used under one lock: relprop's explainers keep state per model and
+are not thread safe, so concurrent requests are answered one model pass at a time. Reading the
+upload and drawing the PNGs happen outside the lock.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from . import api, models, plot
+from .graph import trace
+from .images import UnreadableImage, load_image
+
+STATIC = Path(__file__).with_name("static")
+MAX_UPLOAD_BYTES = 20 * 2**20  # one photo from any camera; more is refused before it is read
+FORM_OVERHEAD_BYTES = 2**20  # the other form fields and multipart headers
+MAX_PIXELS = 40_000_000  # decoded RGB: 120 MB; a larger picture is refused from its header
+TOP = 5
+SIGNS = {"both": "all", "positive": "positive", "negative": "negative"}  # API word -> plot's
+RELEVANCE_FORMATS = ("list", "npy", "none")
+SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+log = logging.getLogger("relprop.serve")
+
+
+class BadRequest(HTTPException):
+    """A request the user can fix; answered with its words as ``{"detail": ...}``."""
+
+    def __init__(self, detail: str, status_code: int = 400):
+        super().__init__(status_code, detail)
+
+
+@dataclass
+class Sample:
+    name: str
+    source: str  # "scikit-image" or "folder"
+    read: Callable[[], tuple[bytes, str]]  # the file's bytes and media type
+
+
+def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
+               class_names: list[str], device: torch.device | str = "cpu",
+               images_dir: str | Path | None = None) -> FastAPI:
+    """The web app around one loaded model (in eval mode, already on ``device``); tests build it
+    without a server. ``images_dir``'s image files are offered as samples by file name."""
+    device = torch.device(device)
+    spec = models.spec(model_name)
+    lock = threading.Lock()
+    all_methods = api.methods()
+    layers = list(dict.fromkeys(op.module_path for op in trace(model).ops
+                                if op.kind == "conv" and op.module_path))
+    samples = _samples(images_dir)
+
+    app = FastAPI(title="relprop", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES)
+    _error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/models")
+    def models_endpoint():
+        """The loaded model, its class names (index = class index), and the registry."""
+        return {"loaded": model_name, "description": spec.description,
+                "input_size": spec.input_size, "classes": class_names,
+                "available": [{"name": n, "description": models.spec(n).description}
+                              for n in models.names()]}
+
+    @app.get("/api/methods")
+    def methods_endpoint():
+        """Every method, and the layers (module paths, input first to output last) whose
+        relevance the propagation methods can show."""
+        return {"methods": [{"name": m, "family": "propagation" if m in api.PROPAGATION
+                             else "gradient"} for m in all_methods],
+                "layers": layers}
+
+    @app.get("/api/samples")
+    def samples_endpoint():
+        return {"samples": [{"name": s.name, "source": s.source} for s in samples.values()]}
+
+    @app.get("/api/samples/{name}")
+    def sample_endpoint(name: str):
+        """A sample's bytes, looked up by name: no path from the request is ever opened."""
+        sample = samples.get(name)
+        if sample is None:
+            raise BadRequest(f"no sample named '{name}'; samples: {', '.join(samples)}", 404)
+        try:
+            data, media_type = sample.read()
+        except OSError as e:
+            raise BadRequest(f"sample '{name}' cannot be read: {e.strerror or e}", 404) from None
+        return Response(data, media_type=media_type)
+
+    @app.post("/api/explain")
+    def explain_endpoint(image: UploadFile | str | None = File(None), method: str | None = Form(None),
+                         target: str | None = Form(None), layer: str | None = Form(None),
+                         sign: str = Form("both"), opacity: float = Form(0.6),
+                         relevance: str = Form("list")):
+        """Explain one uploaded image with one method for one class (default: the predicted)."""
+        if method not in all_methods:
+            given = "no method given" if not method else f"unknown method '{method}'"
+            raise BadRequest(f"{given}; methods: {', '.join(all_methods)}")
+        if sign not in SIGNS:
+            raise BadRequest(f"unknown sign '{sign}'; signs: {', '.join(SIGNS)}")
+        if not 0 <= opacity <= 1:
+            raise BadRequest(f"opacity {opacity} is outside 0..1")
+        if relevance not in RELEVANCE_FORMATS:
+            raise BadRequest(f"unknown relevance format '{relevance}'; formats: "
+                             f"{', '.join(RELEVANCE_FORMATS)}")
+        index = _class_index(target, class_names)
+        layer = layer or None
+        if layer is not None and method in api.PROPAGATION and layer not in layers:
+            raise BadRequest(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
+        if not isinstance(image, UploadFile):
+            raise BadRequest("no image: send the picture as a file in the multipart form field "
+                             "'image'")
+        picture = _read_upload(image.file.read(MAX_UPLOAD_BYTES + 1), spec.resize)
+        try:
+            x = preprocess(picture)[None].to(device)
+        except Exception as e:  # the model's preprocessing on a picture Pillow could read
+            raise BadRequest(f"the image could not be prepared for {model_name}: "
+                             f"{type(e).__name__}: {e}") from None
+        view = plot.input_view(picture, spec.resize, spec.input_size)
+        from .cli import _Failure, _memory
+        with lock:
+            try:
+                with _memory(f"explaining one image on {device}", "serve with --device cpu"):
+                    e = api.explain(model, x, index, method, layer=layer)
+            except ValueError as error:
+                raise BadRequest(str(error)) from None
+            except _Failure as error:
+                raise BadRequest(str(error), 503) from None
+        return _answer(e, view, class_names, model_name, method, layer, sign, opacity,
+                       relevance)
+
+    return app
+
+
+def _class_index(text: str | None, class_names: list[str]) -> int | None:
+    """The class a request names, by index or exact name: the CLI's check, in the API's words."""
+    from .cli import _Failure, _target
+    try:
+        return _target(text, class_names)
+    except _Failure as e:
+        raise BadRequest(str(e).replace("--target", "target") +
+                         " (GET /api/models lists the class names in index order)") from None
+
+
+def _read_upload(data: bytes, min_size: int) -> Image.Image:
+    """The uploaded picture as RGB (read as the CLI reads a file: ``min_size`` is the short side
+    the model needs), refused in words where it is too large, empty or no image. The pixel
+    count is read from the header, before anything is decoded."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadRequest(f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
+    if not data:
+        raise BadRequest("the image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except Image.DecompressionBombError:
+        raise BadRequest(f"the image has more than {MAX_PIXELS // 10**6} million pixels, the "
+                         "limit; refused unread (a possible decompression bomb)", 413) from None
+    except Exception:
+        width = height = 0  # load_image below says what is wrong with it
+    if width * height > MAX_PIXELS:
+        raise BadRequest(f"the image is {width} x {height} = {width * height / 1e6:.0f} million "
+                         f"pixels; the limit is {MAX_PIXELS // 10**6} million", 413)
+    try:
+        return load_image(io.BytesIO(data), min_size)
+    except UnreadableImage as e:
+        raise BadRequest(f"the upload is {e}") from None
+
+
+def _answer(e: api.Explanation, view: Image.Image, class_names, model_name, method, layer,
+            sign, opacity, relevance) -> dict:
+    """The JSON of one explanation: numbers, the maps as base64 PNGs at the input's size, and
+    the raw relevance as asked."""
+    heat = e.heatmap[0].detach().float().cpu()
+    if heat.dim() != 2:
+        raise BadRequest(f"the relevance of layer '{layer}' has shape "
+                         f"{tuple(e.relevance.shape[1:])}, not a map; choose a convolution")
+    own_shape = list(heat.shape)
+    size = view.size[::-1]
+    if tuple(heat.shape) != size:  # a layer's map, shown at the picture's size as the CLI does
+        heat = torch.nn.functional.interpolate(heat[None, None], size=size, mode="nearest")[0, 0]
+    shown = SIGNS[sign]
+    layer_image, limit = overlay_layer(heat, shown)
+    probs = e.probabilities[0].float().cpu()
+    top = probs.topk(min(TOP, len(probs)))
+    scores = api.class_scores(e.logits)[0].float().cpu()
+    r = e.relevance[0].detach().float().cpu()
+    t = int(e.target[0])
+    answer = {
+        "model": model_name, "method": method, "layer": layer, "sign": sign,
+        "predictions": [{"index": int(i), "name": class_names[int(i)], "probability": float(p),
+                         "score": _number(scores[int(i)])}
+                        for p, i in zip(top.values, top.indices)],
+        "target": {"index": t, "name": class_names[t]},
+        "score": _number(e.score[0]), "relevance_sum": _number(r.sum()),
+        "positive": _number(r.clamp(min=0).sum()), "negative": _number(r.clamp(max=0).sum()),
+        "delta": _number(e.delta[0]), "colour_limit": _number(limit), "map_shape": own_shape,
+        "png": {"input": _png(view), "grey": _png(view.convert("L")),
+                "heatmap": _png(plot.heatmap_image(heat, sign=shown)),
+                "overlay": _png(plot.overlay_image(view, heat, alpha=opacity, sign=shown)),
+                "overlay_layer": _png(layer_image)},
+        "relevance_shape": list(r.shape), "relevance_format": relevance,
+    }
+    if relevance == "list":
+        values = r.numpy()
+        answer["relevance"] = (values.tolist() if np.isfinite(values).all()
+                               else np.where(np.isfinite(values), values, None).tolist())
+    elif relevance == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, r.numpy())
+        answer["relevance"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return answer
+
+
+def overlay_layer(heat, sign: str = "all") -> tuple[Image.Image, float]:
+    """``plot.overlay_image``'s colours and per-pixel weight as one RGBA picture, and its colour
+    limit: laid over the grey picture at opacity a, it is ``overlay_image(..., alpha=a)``, so
+    the page's opacity slider redraws without a request."""
+    h = plot.to_numpy(heat, sign)
+    limit = plot.default_limit(h)
+    weight = np.clip(np.abs(h) / limit, 0, 1) if limit > 0 else np.zeros_like(h)
+    alpha = (weight * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(np.dstack([plot.colorize(h, limit), alpha]), "RGBA"), limit
+
+
+def _number(value) -> float | None:
+    """A JSON number; None for NaN or Inf, which JSON cannot hold."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _png(picture: Image.Image) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _samples(images_dir) -> dict[str, Sample]:
+    """scikit-image's photos, then the image files directly in ``images_dir``, by name."""
+    found = {name: Sample(name, "scikit-image", _skimage_reader(name)) for name in SKIMAGE_SAMPLES}
+    if images_dir is None:
+        return found
+    suffixes = {s for s, f in Image.registered_extensions().items() if f in Image.OPEN}
+    for path in sorted(Path(images_dir).iterdir()):
+        if path.is_file() and path.suffix.lower() in suffixes and path.name not in found:
+            found[path.name] = Sample(path.name, "folder", _file_reader(path))
+    return found
+
+
+def _skimage_reader(name: str):
+    def read():
+        from .cli import _sample
+        buffer = io.BytesIO()
+        _sample(name).save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png"
+    return read
+
+
+def _file_reader(path: Path):
+    def read():
+        return path.read_bytes(), "application/octet-stream"
+    return read
+
+
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with 413 before the app parses it, whether
+    the client declares its length or streams it in chunks."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        mb = MAX_UPLOAD_BYTES // 2**20
+        await JSONResponse({"detail": f"the upload is larger than the limit: images up to {mb} "
+                                      "MB"}, 413)(scope, receive, send)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"detail": words}``: no traceback reaches the page, and the server
+    keeps running (the traceback of an unexpected error goes to the server's log)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: "
+                             f"{err['msg']}" for err in exc.errors())
+        return JSONResponse({"detail": f"bad request: {problems}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); the "
+                                       "server keeps running"}, 500)
+
+
+def serve(args) -> int:
+    """``relprop serve``: check the options, listen, load the model once, serve until Ctrl+C."""
+    import uvicorn
+    from .cli import _device, _Failure, _load_model, _memory
+    device = _device(args.device)
+    images_dir = args.images
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise _Failure(f"--images {images_dir} is not a folder; pass a folder of images")
+    sock = _listen(args.host, args.port)
+    name, (model, preprocess, class_names) = _load_model(args)
+    with _memory(f"moving {name} to {device}", "use --device cpu"):
+        model = model.to(device)
+    app = create_app(name, model, preprocess, class_names, device, images_dir)
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"relprop: serving {name} on {device} at http://{shown_host}:{port}/ (Ctrl+C stops)",
+          file=sys.stderr)
+    if args.host not in LOCAL_HOSTS:
+        print(f"relprop: --host {args.host}: other machines can reach this page and use this "
+              "machine's processors", file=sys.stderr)
+    config = uvicorn.Config(app, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound socket, so that a port in use or a wrong host is one line before the model loads."""
+    from .cli import _Failure
+    if not 0 <= port <= 65535:
+        raise _Failure(f"--port {port} is not a port (0..65535)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise _Failure(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --port "
+                       "(or --host)") from None
+    return sock
