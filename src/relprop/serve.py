@@ -43,6 +43,7 @@ SIGNS = {"both": "all", "positive": "positive", "negative": "negative"}  # API w
 RELEVANCE_FORMATS = ("list", "npy", "none")
 SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without a file too
 
 log = logging.getLogger("relprop.serve")
 
@@ -117,11 +118,15 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         return Response(data, media_type=media_type)
 
     @app.post("/api/explain")
-    def explain_endpoint(image: UploadFile | str | None = File(None), method: str | None = Form(None),
+    def explain_endpoint(request: Request, image: UploadFile | None = File(None), method: str | None = Form(None),
                          target: str | None = Form(None), layer: str | None = Form(None),
                          sign: str = Form("both"), opacity: float = Form(0.6),
                          relevance: str = Form("list")):
         """Explain one uploaded image with one method for one class (default: the predicted)."""
+        if not request.headers.get("content-type", "").startswith(FORMS):
+            raise BadRequest("send a multipart/form-data form: the file 'image', 'method' and "
+                             "optionally 'target', 'layer', 'sign', 'opacity', 'relevance' "
+                             "(curl -F image=@photo.jpg -F method=rap)")
         if method not in all_methods:
             given = "no method given" if not method else f"unknown method '{method}'"
             raise BadRequest(f"{given}; methods: {', '.join(all_methods)}")
@@ -136,7 +141,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         layer = layer or None
         if layer is not None and method in api.PROPAGATION and layer not in layers:
             raise BadRequest(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
-        if not isinstance(image, UploadFile):
+        if image is None:
             raise BadRequest("no image: send the picture as a file in the multipart form field "
                              "'image'")
         picture = _read_upload(image.file.read(MAX_UPLOAD_BYTES + 1), spec.resize)
@@ -337,8 +342,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'request'}: "
-                             f"{err['msg']}" for err in exc.errors())
+        problems = "; ".join(_field_problem(err) for err in exc.errors())
         return JSONResponse({"detail": f"bad request: {problems}"}, 400)
 
     @app.exception_handler(Exception)
@@ -346,6 +350,13 @@ def _error_handlers(app: FastAPI) -> None:
         log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); the "
                                        "server keeps running"}, 500)
+
+
+def _field_problem(error: dict) -> str:
+    field = ".".join(str(p) for p in error["loc"][1:]) or "request"
+    if field == "image":  # pydantic's words would name Python classes
+        return "the form field 'image' must be a file (the picture), not text"
+    return f"{field}: {error['msg']}"
 
 
 def serve(args) -> int:
