@@ -3,8 +3,8 @@ network has learned"): replace the regions an attribution ranks first, one more 
 record how the explained score falls.
 
 Batched by construction: an image's perturbed copies are built from one rank map per order
-(``where(rank < k, fill, x)``) and many images × orders × steps go through the model in one
-forward call, so the cost is the model's forward passes and nothing per pixel. Every random draw
+(``where(rank < k, fill, x)``) and many orders × steps go through the model in one forward call,
+so the cost is the model's forward passes and nothing per pixel. Every random draw
 comes from the image's own seed, so a result does not depend on which batch or process an image
 was in.
 """
@@ -107,26 +107,31 @@ def curves(score, x: torch.Tensor, rankings: torch.Tensor, fill: torch.Tensor,
            settings: Settings, progress=None) -> torch.Tensor:
     """The explained score along the perturbation, for every image and ranking.
 
-    ``score`` maps a batch of inputs to (B, 2): the explained logit and its probability (the
-    image's own target is applied by the caller through the image index it is given). ``x``
-    (N, C, H, W) images, ``rankings`` (O, N, R) region orders, ``fill`` (N, C, H, W). Returns
-    (O, N, steps + 1, 2); step 0 is the unperturbed image.
+    ``score(inputs, image)`` maps a batch of inputs, all copies of image ``image``, to (B, 2):
+    its explained logit and probability. ``x`` (N, C, H, W) images, ``rankings`` (O, N, R) region
+    orders, ``fill`` (N, C, H, W). Returns (O, N, steps + 1, 2); step 0 is the unperturbed image.
+
+    A forward call holds the copies of one image only, cut into the same chunks whatever else is
+    evaluated: a kernel may round differently at another batch size, and a figure must not depend
+    on how the images were batched or sharded.
     """
     n, _, h, w = x.shape
     orders = rankings.shape[0]
     ranks = pixel_ranks(rankings.to(x.device), h, w, settings.region)  # (O, N, H, W)
     out = torch.empty(orders, n, settings.steps + 1, 2, dtype=torch.float64)
-    out[:, :, 0] = score(x, torch.arange(n, device=x.device)).double().cpu()  # once per image
-    # every (order, image, step >= 1) to evaluate, in chunks of one forward call
-    jobs = torch.cartesian_prod(torch.arange(orders), torch.arange(n),
-                                torch.arange(1, settings.steps + 1))
-    for chunk in jobs.split(settings.batch_size):
-        o, i, k = (c.to(x.device) for c in chunk.unbind(1))
-        removed = (ranks[o, i] < k[:, None, None]).unsqueeze(1)
-        perturbed = torch.where(removed, fill[i], x[i])
-        out[chunk[:, 0], chunk[:, 1], chunk[:, 2]] = score(perturbed, i).double().cpu()
-        if progress is not None:
-            progress(len(chunk))
+    # the unperturbed image once (order 0, step 0), then every order's steps 1..L
+    jobs = torch.cat([torch.zeros(1, 2, dtype=torch.long),
+                      torch.cartesian_prod(torch.arange(orders),
+                                           torch.arange(1, settings.steps + 1))])
+    for i in range(n):
+        for chunk in jobs.split(settings.batch_size):
+            o, k = (c.to(x.device) for c in chunk.unbind(1))
+            removed = (ranks[o, i] < k[:, None, None]).unsqueeze(1)
+            perturbed = torch.where(removed, fill[i], x[i])
+            out[chunk[:, 0], i, chunk[:, 1]] = score(perturbed, i).double().cpu()
+            if progress is not None:
+                progress(len(chunk))
+        out[1:, i, 0] = out[0, i, 0]
     return out
 
 

@@ -228,10 +228,10 @@ def _perturb(model, x, target, heats, indices, data, settings, result, row, prog
     def score(inputs, image):
         with torch.no_grad():
             s = class_scores(model(inputs))
-        t = target[image].view(-1, 1)
-        return torch.stack([s.gather(1, t).squeeze(1), s.softmax(1).gather(1, t).squeeze(1)], 1)
+        t = int(target[image])
+        return torch.stack([s[:, t], s.softmax(1)[:, t]], 1)
 
-    total = len(keys) * n * ps.steps
+    total = n * (len(keys) * ps.steps + 1)
     curves = pert.curves(score, x, torch.stack(rankings), fill, ps,
                          progress=lambda done: progress.update(n * done / total))
     for key, curve in zip(keys, curves):
