@@ -8,12 +8,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import relprop
 
 from .conftest import load_case
+from .digits import train_digits_resnet
 
 
 def _correlations(a, b):
@@ -33,36 +32,9 @@ def test_stable_rap_float32_maps_equal_float64_maps(reference_build):
 
 @pytest.fixture(scope="module")
 def digits_resnet():
-    """A ResNet-10 (torchvision's BasicBlock, one per stage, 3x3 stem, no max pooling) trained on
-    scikit-learn's digits upsampled to 32x32: seed 0, the first 1500 of a permutation, SGD lr 0.05,
-    momentum 0.9, weight decay 5e-4, batch 64, three epochs (about 45 s on two cores, 97-98 %
-    test accuracy); and 32 test images. The issue's recipe with a smaller network."""
-    from sklearn.datasets import load_digits
-    from torchvision.models.resnet import BasicBlock, ResNet
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
-    x, y = (x - 0.5) / 0.5, torch.tensor(digits.target)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        order = torch.randperm(len(x))
-        train, test = order[:1500], order[1500:]
-        model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
-        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        model.maxpool = nn.Identity()
-        optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        for _ in range(3):
-            batches = train[torch.randperm(len(train))]
-            for i in range(0, len(batches), 64):
-                b = batches[i:i + 64]
-                optimiser.zero_grad()
-                F.cross_entropy(model(x[b]), y[b]).backward()
-                optimiser.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x[test]).argmax(1) == y[test]).float().mean()
+    model, accuracy, images = train_digits_resnet()
     assert accuracy >= 0.9, f"the fixture network did not learn the digits ({accuracy:.2f})"
-    return model, x[test[:32]]
+    return model, images
 
 
 def test_stable_rap_is_stable_under_invisible_noise_and_rap_is_not(digits_resnet):

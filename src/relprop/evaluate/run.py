@@ -180,6 +180,7 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
 
     heats = {}
     for method, explainer in explainers.items():
+        progress.set_postfix_str(f"explaining: {method}", refresh=True)
         heats[method] = explainer(x, target).heatmap.detach()
 
     if "localisation" in settings.metrics:
@@ -196,6 +197,7 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
 
     if "stability" in settings.metrics:
         for method, explainer in explainers.items():
+            progress.set_postfix_str(f"stability: {method}", refresh=True)
             found = stability(lambda noisy: explainer(noisy, target).heatmap.detach(), x,
                               heats[method], indices, settings.sigmas, settings.samples,
                               settings.seed)
@@ -232,6 +234,7 @@ def _perturb(model, x, target, heats, indices, data, settings, result, row, prog
         return torch.stack([s[:, t], s.softmax(1)[:, t]], 1)
 
     total = n * (len(keys) * ps.steps + 1)
+    progress.set_postfix_str("region perturbation", refresh=True)
     curves = pert.curves(score, x, torch.stack(rankings), fill, ps,
                          progress=lambda done: progress.update(n * done / total))
     for key, curve in zip(keys, curves):
