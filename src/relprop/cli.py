@@ -97,14 +97,9 @@ def main(argv=None) -> int:
     sub.add_parser("models", help="list the registered models")
     sv = sub.add_parser("serve", help="a local web page (and JSON API) to explain images in the "
                                       "browser")
-    sv.add_argument("--model", default=None,
-                    help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
-                         f"{models.FALLBACK} when its weights cannot be had)")
-    sv.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    _model_options(sv)
     sv.add_argument("--images", default=None,
                     help="a folder of images offered as samples besides scikit-image's")
-    sv.add_argument("--device", default=None,
-                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: 127.0.0.1, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -126,20 +121,25 @@ def main(argv=None) -> int:
         return 130
 
 
+def _model_options(p, device_help="") -> None:
+    """The options of every command that loads a model."""
+    p.add_argument("--model", default=None,
+                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
+                        f"{models.FALLBACK} when its weights cannot be had)")
+    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    p.add_argument("--device", default=None,
+                   help=f"cpu, cuda, cuda:1 ... (default: cuda if available{device_help})")
+
+
 def _image_options(p) -> None:
     """The options every command that reads images shares."""
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help=f"image files (default: scikit-image's {', '.join(SAMPLES)}), read as an "
                         "image viewer shows them: EXIF orientation applied, 16-bit images scaled "
                         "to 8 bits, transparent pixels on a white background")
-    p.add_argument("--model", default=None,
-                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
-                        f"{models.FALLBACK} when its weights cannot be had)")
-    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    _model_options(p)
     p.add_argument("--target", default=None,
                    help="class to explain: an index or an exact class name (default: predicted)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8)
 
 
@@ -411,10 +411,7 @@ def _evaluate_options(p) -> None:
     from .evaluate.perturbation import FILLS
     from .evaluate.run import PERTURBATION_ORDERS, Settings
     d = Settings()
-    p.add_argument("--model", default=None,
-                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
-                        f"{models.FALLBACK} when its weights cannot be had)")
-    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    _model_options(p, "; under torchrun with CUDA each process takes the GPU of its LOCAL_RANK")
     p.add_argument("--data", default=None,
                    help="a folder of images, or an ImageFolder tree (one sub-folder per class, "
                         "which is then explained); default: scikit-image's "
@@ -454,9 +451,6 @@ def _evaluate_options(p) -> None:
                    help=f"noise draws per image and level (default: {d.samples})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun with "
-                        "CUDA each process takes the GPU of its LOCAL_RANK)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images explained at once (default: {d.batch_size})")
     p.add_argument("--forward-batch-size", type=int, default=d.forward_batch_size,
