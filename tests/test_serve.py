@@ -6,6 +6,7 @@ import io
 import socket
 import struct
 import threading
+import urllib.error
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,8 @@ import relprop
 from relprop import api, cli, models, serve
 from relprop.images import load_image
 
-with warnings.catch_warnings():  # Starlette's test client asks for httpx2, not yet a package
-    warnings.simplefilter("ignore", DeprecationWarning)
+with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2; httpx works the same here
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
 MODEL = "efficientnet_lite0"  # the embedded model: real predictions, 0.1-0.3 s a map on a CPU
@@ -105,6 +106,8 @@ def test_page_and_its_files_are_served(client):
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert f"/static/{name}" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
+    schema = client.get("/api/openapi.json").json()
+    assert {"/api/explain", "/api/models", "/api/methods", "/api/samples"} <= set(schema["paths"])
 
 
 def test_models_methods_and_samples(client, loaded):
@@ -326,16 +329,26 @@ def test_serve_checks_its_options_before_loading_the_model(tmp_path, capsys, mon
     assert "not a port" in capsys.readouterr().err
 
 
-def test_serve_listens_on_this_machine_only_by_default(monkeypatch, capsys):
+def test_serve_offline_serves_the_embedded_model_on_this_machine_only(monkeypatch, tmp_path,
+                                                                      capsys):
+    """``relprop serve`` with no options, no network and an empty torch cache."""
+    import torchvision
     import uvicorn
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network (test)")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", no_network)
     served = {}
 
     def run(self, sockets):
         served["app"], served["address"] = self.config.app, sockets[0].getsockname()
         sockets[0].close()
     monkeypatch.setattr(uvicorn.Server, "run", run)
-    assert cli.main(["serve", "--model", MODEL, "--device", "cpu", "--port", "0"]) == 0
+    assert cli.main(["serve", "--device", "cpu", "--port", "0"]) == 0
     assert served["address"][0] == "127.0.0.1"
-    assert f"serving {MODEL} on cpu at http://127.0.0.1:{served['address'][1]}/" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"using {MODEL}" in err
+    assert f"serving {MODEL} on cpu at http://127.0.0.1:{served['address'][1]}/" in err
     assert TestClient(served["app"]).get("/api/models").json()["loaded"] == MODEL

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import socket
 import sys
 import threading
@@ -31,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from . import api, models, plot
+from .cli import _device, _Failure, _load_model, _memory, _sample, _target
 from .graph import trace
 from .images import UnreadableImage, load_image
 
@@ -45,11 +45,9 @@ SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without a file too
 
-log = logging.getLogger("relprop.serve")
 
-
-class BadRequest(HTTPException):
-    """A request the user can fix; answered with its words as ``{"detail": ...}``."""
+class Refused(HTTPException):
+    """A request refused, with its reason in words as ``{"detail": ...}`` (400 unless said)."""
 
     def __init__(self, detail: str, status_code: int = 400):
         super().__init__(status_code, detail)
@@ -75,7 +73,8 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
                                 if op.kind == "conv" and op.module_path))
     samples = _samples(images_dir)
 
-    app = FastAPI(title="relprop", docs_url="/api/docs", redoc_url=None,
+    # No Swagger page: it loads its scripts from a CDN. The schema itself is served.
+    app = FastAPI(title="relprop", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES)
     _error_handlers(app)
@@ -110,56 +109,55 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         """A sample's bytes, looked up by name: no path from the request is ever opened."""
         sample = samples.get(name)
         if sample is None:
-            raise BadRequest(f"no sample named '{name}'; samples: {', '.join(samples)}", 404)
+            raise Refused(f"no sample named '{name}'; samples: {', '.join(samples)}", 404)
         try:
             data, media_type = sample.read()
         except OSError as e:
-            raise BadRequest(f"sample '{name}' cannot be read: {e.strerror or e}", 404) from None
+            raise Refused(f"sample '{name}' cannot be read: {e.strerror or e}", 404) from None
         return Response(data, media_type=media_type)
 
     @app.post("/api/explain")
-    def explain_endpoint(request: Request, image: UploadFile | None = File(None), method: str | None = Form(None),
-                         target: str | None = Form(None), layer: str | None = Form(None),
-                         sign: str = Form("both"), opacity: float = Form(0.6),
-                         relevance: str = Form("list")):
+    def explain_endpoint(request: Request, image: UploadFile | None = File(None),
+                         method: str | None = Form(None), target: str | None = Form(None),
+                         layer: str | None = Form(None), sign: str = Form("both"),
+                         opacity: float = Form(0.6), relevance: str = Form("list")):
         """Explain one uploaded image with one method for one class (default: the predicted)."""
         if not request.headers.get("content-type", "").startswith(FORMS):
-            raise BadRequest("send a multipart/form-data form: the file 'image', 'method' and "
-                             "optionally 'target', 'layer', 'sign', 'opacity', 'relevance' "
-                             "(curl -F image=@photo.jpg -F method=rap)")
+            raise Refused("send a multipart/form-data form: the file 'image', 'method' and "
+                          "optionally 'target', 'layer', 'sign', 'opacity', 'relevance' "
+                          "(curl -F image=@photo.jpg -F method=rap)")
         if method not in all_methods:
             given = "no method given" if not method else f"unknown method '{method}'"
-            raise BadRequest(f"{given}; methods: {', '.join(all_methods)}")
+            raise Refused(f"{given}; methods: {', '.join(all_methods)}")
         if sign not in SIGNS:
-            raise BadRequest(f"unknown sign '{sign}'; signs: {', '.join(SIGNS)}")
+            raise Refused(f"unknown sign '{sign}'; signs: {', '.join(SIGNS)}")
         if not 0 <= opacity <= 1:
-            raise BadRequest(f"opacity {opacity} is outside 0..1")
+            raise Refused(f"opacity {opacity} is outside 0..1")
         if relevance not in RELEVANCE_FORMATS:
-            raise BadRequest(f"unknown relevance format '{relevance}'; formats: "
-                             f"{', '.join(RELEVANCE_FORMATS)}")
+            raise Refused(f"unknown relevance format '{relevance}'; formats: "
+                          f"{', '.join(RELEVANCE_FORMATS)}")
         index = _class_index(target, class_names)
         layer = layer or None
         if layer is not None and method in api.PROPAGATION and layer not in layers:
-            raise BadRequest(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
+            raise Refused(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
         if image is None:
-            raise BadRequest("no image: send the picture as a file in the multipart form field "
-                             "'image'")
+            raise Refused("no image: send the picture as a file in the multipart form field "
+                          "'image'")
         picture = _read_upload(image.file.read(MAX_UPLOAD_BYTES + 1), spec.resize)
         try:
             x = preprocess(picture)[None].to(device)
         except Exception as e:  # the model's preprocessing on a picture Pillow could read
-            raise BadRequest(f"the image could not be prepared for {model_name}: "
-                             f"{type(e).__name__}: {e}") from None
+            raise Refused(f"the image could not be prepared for {model_name}: "
+                          f"{type(e).__name__}: {e}") from None
         view = plot.input_view(picture, spec.resize, spec.input_size)
-        from .cli import _Failure, _memory
         with lock:
             try:
                 with _memory(f"explaining one image on {device}", "serve with --device cpu"):
                     e = api.explain(model, x, index, method, layer=layer)
             except ValueError as error:
-                raise BadRequest(str(error)) from None
+                raise Refused(str(error)) from None
             except _Failure as error:
-                raise BadRequest(str(error), 503) from None
+                raise Refused(str(error), 503) from None
         return _answer(e, view, class_names, model_name, method, layer, sign, opacity,
                        relevance)
 
@@ -168,12 +166,11 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
 
 def _class_index(text: str | None, class_names: list[str]) -> int | None:
     """The class a request names, by index or exact name: the CLI's check, in the API's words."""
-    from .cli import _Failure, _target
     try:
         return _target(text, class_names)
     except _Failure as e:
-        raise BadRequest(str(e).replace("--target", "target") +
-                         " (GET /api/models lists the class names in index order)") from None
+        raise Refused(str(e).replace("--target", "target") +
+                      " (GET /api/models lists the class names in index order)") from None
 
 
 def _read_upload(data: bytes, min_size: int) -> Image.Image:
@@ -181,24 +178,24 @@ def _read_upload(data: bytes, min_size: int) -> Image.Image:
     the model needs), refused in words where it is too large, empty or no image. The pixel
     count is read from the header, before anything is decoded."""
     if len(data) > MAX_UPLOAD_BYTES:
-        raise BadRequest(f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
+        raise Refused(f"the image is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     if not data:
-        raise BadRequest("the image is empty (0 bytes)")
+        raise Refused("the image is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
     except Image.DecompressionBombError:
-        raise BadRequest(f"the image has more than {MAX_PIXELS // 10**6} million pixels, the "
-                         "limit; refused unread (a possible decompression bomb)", 413) from None
+        raise Refused(f"the image has more than {MAX_PIXELS // 10**6} million pixels, the "
+                      "limit; refused unread (a possible decompression bomb)", 413) from None
     except Exception:
         width = height = 0  # load_image below says what is wrong with it
     if width * height > MAX_PIXELS:
-        raise BadRequest(f"the image is {width} x {height} = {width * height / 1e6:.0f} million "
-                         f"pixels; the limit is {MAX_PIXELS // 10**6} million", 413)
+        raise Refused(f"the image is {width} x {height} = {width * height / 1e6:.0f} million "
+                      f"pixels; the limit is {MAX_PIXELS // 10**6} million", 413)
     try:
         return load_image(io.BytesIO(data), min_size)
     except UnreadableImage as e:
-        raise BadRequest(f"the upload is {e}") from None
+        raise Refused(f"the upload is {e}") from None
 
 
 def _answer(e: api.Explanation, view: Image.Image, class_names, model_name, method, layer,
@@ -207,8 +204,8 @@ def _answer(e: api.Explanation, view: Image.Image, class_names, model_name, meth
     the raw relevance as asked."""
     heat = e.heatmap[0].detach().float().cpu()
     if heat.dim() != 2:
-        raise BadRequest(f"the relevance of layer '{layer}' has shape "
-                         f"{tuple(e.relevance.shape[1:])}, not a map; choose a convolution")
+        raise Refused(f"the relevance of layer '{layer}' has shape "
+                      f"{tuple(e.relevance.shape[1:])}, not a map; choose a convolution")
     own_shape = list(heat.shape)
     size = view.size[::-1]
     if tuple(heat.shape) != size:  # a layer's map, shown at the picture's size as the CLI does
@@ -283,7 +280,6 @@ def _samples(images_dir) -> dict[str, Sample]:
 
 def _skimage_reader(name: str):
     def read():
-        from .cli import _sample
         buffer = io.BytesIO()
         _sample(name).save(buffer, format="PNG")
         return buffer.getvalue(), "image/png"
@@ -338,7 +334,8 @@ class BodyLimit:
 
 def _error_handlers(app: FastAPI) -> None:
     """Every error as ``{"detail": words}``: no traceback reaches the page, and the server
-    keeps running (the traceback of an unexpected error goes to the server's log)."""
+    keeps running (Starlette passes an unexpected error on to uvicorn, which logs its
+    traceback)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -347,7 +344,6 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
-        log.error("error answering %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); the "
                                        "server keeps running"}, 500)
 
@@ -362,16 +358,19 @@ def _field_problem(error: dict) -> str:
 def serve(args) -> int:
     """``relprop serve``: check the options, listen, load the model once, serve until Ctrl+C."""
     import uvicorn
-    from .cli import _device, _Failure, _load_model, _memory
     device = _device(args.device)
     images_dir = args.images
     if images_dir is not None and not Path(images_dir).is_dir():
         raise _Failure(f"--images {images_dir} is not a folder; pass a folder of images")
     sock = _listen(args.host, args.port)
-    name, (model, preprocess, class_names) = _load_model(args)
-    with _memory(f"moving {name} to {device}", "use --device cpu"):
-        model = model.to(device)
-    app = create_app(name, model, preprocess, class_names, device, images_dir)
+    try:
+        name, (model, preprocess, class_names) = _load_model(args)
+        with _memory(f"moving {name} to {device}", "use --device cpu"):
+            model = model.to(device)
+        app = create_app(name, model, preprocess, class_names, device, images_dir)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"relprop: serving {name} on {device} at http://{shown_host}:{port}/ (Ctrl+C stops)",
@@ -386,7 +385,6 @@ def serve(args) -> int:
 
 def _listen(host: str, port: int) -> socket.socket:
     """A bound socket, so that a port in use or a wrong host is one line before the model loads."""
-    from .cli import _Failure
     if not 0 <= port <= 65535:
         raise _Failure(f"--port {port} is not a port (0..65535)")
     try:

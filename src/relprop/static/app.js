@@ -220,7 +220,7 @@ function setStatus(method, status, text) {
   const where = state.layer && propagation.has(method) ? state.layer : "input";
   panel.element.querySelector("h3").innerHTML = "";
   panel.element.querySelector("h3").append(method, " ", Object.assign(
-    document.createElement("span"), {className: "where", textContent: `@ ${where}`}));
+    document.createElement("span"), {className: "where", textContent: `at ${where}`}));
 }
 
 // ---- requests -----------------------------------------------------------------------------
@@ -320,7 +320,9 @@ function show(method, answer) {
   images.querySelector(".numbers").append(
     `Σ R${inLayer} = ${number(answer.relevance_sum)} · score ${number(answer.score)}`,
     document.createElement("br"),
-    `R+ ${number(answer.positive)} · R− ${number(answer.negative)} · Δ ${number(answer.delta)}`);
+    `R+ ${number(answer.positive)} · R− ${number(answer.negative)}`,
+    document.createElement("br"),
+    `Δ = Σ R − score = ${number(answer.delta)}`);
   images.querySelector(".numbers").title =
     `colour limit ${number(answer.colour_limit)}; map ${answer.map_shape.join(" × ")}`;
   setStatus(method, "done", "");
@@ -421,10 +423,9 @@ function downloadOverlay(method) {
 }
 
 function downloadJSON() {
-  const shown = [...panels].filter(([, p]) => p.answer).map(([method, p]) => {
-    const {png, predictions, model: m, relevance_format: f, ...numbers} = p.answer;
-    return numbers;
-  });
+  const inPageOrder = [...document.querySelectorAll("#panels .panel[data-method]")];
+  const shown = inPageOrder.map((e) => panels.get(e.dataset.method).answer).filter(Boolean)
+    .map(({png, predictions, model: m, relevance_format: f, ...numbers}) => numbers);
   const record = {model, image: state.imageName, explained: state.explained,
                   asked: state.target, sign: state.sign, view: state.view,
                   opacity: state.opacity, layer: state.layer || null,
