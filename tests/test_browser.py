@@ -109,6 +109,9 @@ def assert_no_error(page, console: list):
     states = page.eval_on_selector_all("#panels .panel[data-method]",
                                        "ps => ps.map(p => p.dataset.state)")
     assert states and set(states) == {"done"}, states
+    covered = page.eval_on_selector_all(  # a finished map has nothing drawn over it
+        "#panels .panel[data-method] .status", "ss => ss.filter(s => s.offsetParent).length")
+    assert covered == 0
     assert "Traceback" not in page.inner_text("body")
     assert console == []
 
@@ -156,7 +159,6 @@ def test_a_person_explains_a_photo(server, browser, tmp_path):
     assert switched["lrp-epsilon-alpha2beta1"] not in tabby.values()
     assert_no_error(page, console)
 
-    set_opacity(page, 0.9)  # the README's picture: maps easier to see than at 0.6
     page.screenshot(path=str(DOCS / "serve.png"), full_page=True)
 
     # a layer inside the network: the propagation methods' maps change, the gradients' do not

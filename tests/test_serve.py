@@ -6,6 +6,7 @@ import io
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import warnings
 import zlib
@@ -278,20 +279,27 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(client, loaded, mo
     want = {(name, method, target): direct(loaded, data, method, target)
             for name, data, method, target in jobs}
 
-    active, most, count = 0, 0, threading.Lock()
-    real = api.explain
+    overlap = {}  # function name -> [running now, most at once]
+    count = threading.Lock()
 
-    def watched(*args, **kwargs):
-        nonlocal active, most
-        with count:
-            active += 1
-            most = max(most, active)
-        try:
-            return real(*args, **kwargs)
-        finally:
+    def watched(module, name, pause=0.0):
+        """``module.name``, counting how many requests run it at once."""
+        real = getattr(module, name)
+        overlap[name] = [0, 0]
+
+        def run(*args, **kwargs):
             with count:
-                active -= 1
-    monkeypatch.setattr(api, "explain", watched)
+                overlap[name][0] += 1
+                overlap[name][1] = max(overlap[name][1], overlap[name][0])
+            time.sleep(pause)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with count:
+                    overlap[name][0] -= 1
+        monkeypatch.setattr(module, name, run)
+    watched(api, "explain")
+    watched(serve, "_read_upload", pause=0.05)
 
     def ask(job):
         name, data, method, target = job
@@ -302,7 +310,8 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(client, loaded, mo
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(ask, jobs))
-    assert most == 1  # serialised
+    assert overlap["_read_upload"][1] > 1  # the requests did run at the same time
+    assert overlap["explain"][1] == 1  # and the model one at a time
     for (name, _, method, target), response in answers:
         assert response.status_code == 200, response.text
         answer, expected = response.json(), want[(name, method, target)]

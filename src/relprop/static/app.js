@@ -21,7 +21,7 @@ const state = {
 let model = "", classes = [], layers = [], propagation = new Set();
 const panels = new Map();  // method -> {element, token, controller, answer, error}
 const queue = [];
-let working = false;
+let working = false, fetchingSample = false;
 
 async function start() {
   bindControls();
@@ -63,6 +63,8 @@ function bindControls() {
   $("#sample").addEventListener("change", async (event) => {
     const name = event.target.value;
     if (!name) return;
+    fetchingSample = true;
+    setBusy();
     try {
       const response = await fetch(`/api/samples/${encodeURIComponent(name)}`);
       if (!response.ok) await readAnswer(response);  // throws the server's words
@@ -70,6 +72,9 @@ function bindControls() {
     } catch (error) {
       state.globalError = `Sample ${name}: ${words(error)}`;
       showErrors();
+    } finally {
+      fetchingSample = false;
+      setBusy();
     }
   });
   document.addEventListener("dragover", (event) => event.preventDefault());
@@ -189,7 +194,8 @@ function addPanel(method) {
   element.querySelector(".heatmap-link").addEventListener("click", (event) => {
     event.preventDefault();
     const answer = panels.get(method).answer;
-    if (answer) save(`data:image/png;base64,${answer.png.heatmap}`, fileName(answer, "heatmap.png"));
+    if (!answer) return;
+    save(`data:image/png;base64,${answer.png.heatmap}`, fileName(answer, "heatmap.png"));
   });
   const order = allMethods();
   const after = [...panels.keys()].filter((m) => order.indexOf(m) < order.indexOf(method)).pop();
@@ -340,7 +346,8 @@ function showPredictions() {
   list.replaceChildren();
   list.classList.toggle("muted", state.predictions.length === 0);
   if (state.predictions.length === 0) {
-    const text = !state.image ? "no image yet" : working ? "computing…" : "none: see the message above";
+    const text = !state.image ? "no image yet"
+      : working ? "computing…" : "none: see the message above";
     list.append(Object.assign(document.createElement("li"), {textContent: text}));
   }
   for (const p of state.predictions) {
@@ -382,7 +389,7 @@ function showErrors() {
 }
 
 function setBusy() {
-  document.body.dataset.busy = String(working || queue.length > 0);
+  document.body.dataset.busy = String(working || fetchingSample || queue.length > 0);
   showPredictions();
 }
 
