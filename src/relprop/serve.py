@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from . import api, models, plot
-from .cli import _device, _Failure, _load_model, _memory, _sample, _target
+from .cli import SAMPLES, _device, _Failure, _load_model, _memory, _sample, _target
 from .graph import trace
 from .images import UnreadableImage, load_image
 
@@ -41,7 +41,6 @@ MAX_PIXELS = 40_000_000  # decoded RGB: 120 MB; a larger picture is refused from
 TOP = 5
 SIGNS = {"both": "all", "positive": "positive", "negative": "negative"}  # API word -> plot's
 RELEVANCE_FORMATS = ("list", "npy", "none")
-SKIMAGE_SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without a file too
 
@@ -268,7 +267,7 @@ def _png(picture: Image.Image) -> str:
 
 def _samples(images_dir) -> dict[str, Sample]:
     """scikit-image's photos, then the image files directly in ``images_dir``, by name."""
-    found = {name: Sample(name, "scikit-image", _skimage_reader(name)) for name in SKIMAGE_SAMPLES}
+    found = {name: Sample(name, "scikit-image", _skimage_reader(name)) for name in SAMPLES}
     if images_dir is None:
         return found
     suffixes = {s for s, f in Image.registered_extensions().items() if f in Image.OPEN}
