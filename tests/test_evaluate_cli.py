@@ -112,3 +112,11 @@ def test_python_m_relprop_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "relprop", "models"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "efficientnet_lite0" in done.stdout
+
+
+def test_too_many_steps_fail_before_any_work(tmp_path, capsys):
+    code = cli.main(["evaluate", "--model", "efficientnet_lite0", "--methods", "rap",
+                     "--region", "100", "--steps", "10", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "only 9 regions" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -104,6 +104,8 @@ def measure(model, explainers: dict, data: Data, settings: Settings, device,
             dtype=torch.float32) -> Result | None:
     """Every metric of ``settings`` for every method on this process's share of the images;
     the merged result on rank 0, None on the others."""
+    if "perturbation" in settings.metrics:  # before any work: too many steps for the regions
+        settings.perturbation().check(data.crop, data.crop)
     rank, size = world()
     mine = data.items[rank::size]
     result = Result()
@@ -215,7 +217,6 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
 
 def _perturb(model, x, target, heats, indices, data, settings, result, row, progress, n):
     ps = settings.perturbation()
-    ps.check(*x.shape[2:])
     generators = [pert.image_generator(settings.seed, i) for i in indices]
     low, high = _value_range(x, data.value_range)
     fill = pert.fill_values(x, ps.fill, low, high, generators)
