@@ -17,7 +17,8 @@ from .conftest import IMAGES, SHARED
 BOXES = SHARED / "data" / "imagenet-samples-boxes"
 SMALL = ["--model", "efficientnet_lite0", "--data", str(IMAGES), "--boxes", str(BOXES),
          "--methods", "rap,gradient-x-input", "--limit", "4", "--steps", "5", "--region", "32",
-         "--sigmas", "1e-3", "--samples", "1", "--batch-size", "2"]
+         "--sigmas", "1e-3", "--samples", "1", "--batch-size", "2",
+         "--orders", "morf,negative-first,lerf"]
 
 
 def figures(record, prefix=()):

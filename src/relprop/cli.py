@@ -439,7 +439,8 @@ def _evaluate_options(p) -> None:
                    help="what a replaced pixel becomes: uniform noise over the input's range, "
                         f"the image's channel mean, or black (default: {d.fill})")
     p.add_argument("--orders", default=",".join(d.orders),
-                   help=f"comma-separated, of {', '.join(PERTURBATION_ORDERS)} (default: all; a "
+                   help=f"comma-separated, of {', '.join(PERTURBATION_ORDERS)} (default: "
+                        f"{','.join(d.orders)}; a "
                         "seeded random order is always measured once per image)")
     p.add_argument("--iou-quantile", type=float, default=d.iou_quantile,
                    help="the IoU's map is the pixels at or above this quantile of the relevance "
