@@ -77,6 +77,12 @@ def test_evaluate_writes_every_figure(one_process):
     # 4 images x (random 2 + per method 3 orders x 2 + 4 localisation + 3 stability values)
     assert len(rows) - 1 == 4 * (2 + 2 * (6 + 4 + 3))
     assert (out / "perturbation.png").stat().st_size > 10_000
+    table = (out / "metrics.md").read_text().splitlines()
+    assert table[0].startswith("| method | AOPC morf | AOPC negative-first | AOPC lerf |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| rap", "| gradient-x-input"]
+    rap_morf = float(table[2].split(" | ")[1])
+    assert rap_morf == pytest.approx(record["metrics"]["rap"]["perturbation"]["morf"]["aopc"],
+                                     abs=5e-4)
 
 
 def test_two_processes_under_torchrun_give_the_same_figures(one_process, tmp_path):

@@ -430,7 +430,7 @@ def _evaluate_options(p) -> None:
                         "is given)")
     p.add_argument("--out", default="relprop-evaluate",
                    help="output folder (default: relprop-evaluate): metrics.json, "
-                        "per_image.csv, perturbation.png")
+                        "metrics.md, per_image.csv, perturbation.png")
     p.add_argument("--region", type=int, default=d.region,
                    help=f"side of the square regions perturbed together (default: {d.region})")
     p.add_argument("--steps", type=int, default=d.steps,
@@ -557,6 +557,8 @@ def evaluate(args) -> int:
         report.write_metrics(out / "metrics.json", record)
     with _writing(out / "per_image.csv"):
         report.write_rows(out / "per_image.csv", result.rows)
+    with _writing(out / "metrics.md"):
+        (out / "metrics.md").write_text(report.markdown(summary, settings.orders))
     if "perturbation" in metrics and curves:
         with _writing(out / "perturbation.png"):
             report.plot_curves(out / "perturbation.png", curves, settings.orders, settings.steps,
@@ -567,7 +569,8 @@ def evaluate(args) -> int:
     print(report.table(summary, settings.orders))
     skipped = f"; skipped {len(result.skipped)} images (listed in metrics.json)" \
         if result.skipped else ""
-    print(f"wrote metrics.json, per_image.csv{', perturbation.png' if curves else ''} to "
+    print(f"wrote metrics.json, metrics.md, per_image.csv"
+          f"{', perturbation.png' if curves else ''} to "
           f"{out}/{skipped}")
     return 1 if result.skipped else 0
 

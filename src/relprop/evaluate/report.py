@@ -1,6 +1,6 @@
 """What ``relprop evaluate`` writes: metrics.json (every figure with every setting used),
-per_image.csv (one value per image, method and metric), perturbation.png (the mean curves) and
-the table it prints."""
+per_image.csv (one value per image, method and metric), perturbation.png (the mean curves), and
+the table it prints, also as metrics.md."""
 from __future__ import annotations
 
 import csv
@@ -58,12 +58,12 @@ def plot_curves(path: Path, curves: dict, orders, steps: int, title: str) -> Non
     fig.savefig(path, dpi=110)
 
 
-def table(summary: dict, orders) -> str:
-    """The printed summary: one line per method, the headline figure of each measured metric."""
-    columns = []  # (header, path into a method's figures)
+def _cells(summary: dict, orders) -> tuple[list[str], list[list[str]]]:
+    """The headline figure of each measured metric: a header and one row per method."""
+    columns = []  # (header, path into a method's figures; None: random's AOPC)
     if any("perturbation" in f for f in summary.values()):
         columns += [(f"AOPC {o}", ("perturbation", o, "aopc")) for o in orders]
-        columns.append(("random", None))
+        columns.append(("AOPC random", None))
     for reference in ("boxes", "masks"):
         if any(reference in f.get("localisation", {}) for f in summary.values()):
             columns += [(f"{name} ({reference})", ("localisation", reference, key))
@@ -72,17 +72,29 @@ def table(summary: dict, orders) -> str:
     stability = next((f["stability"] for f in summary.values() if "stability" in f), {})
     columns += [(f"corr σ={s}", ("stability", s, "median_correlation")) for s in stability]
     random = _get(summary.get("random", {}), ("perturbation", "random", "aopc"))
-    lines = ["method".ljust(22) + "".join(h.rjust(max(len(h), 8) + 2) for h, _ in columns)]
+    rows = []
     for method, figures in summary.items():
         if method == "random":
             continue
-        cells = []
-        for header, path in columns:
-            value = random if path is None else _get(figures, path)
-            width = max(len(header), 8) + 2
-            cells.append(("-" if value is None else f"{value:.3f}").rjust(width))
-        lines.append(method[:22].ljust(22) + "".join(cells))
-    return "\n".join(lines)
+        values = [random if path is None else _get(figures, path) for _, path in columns]
+        rows.append([method] + ["-" if v is None else f"{v:.3f}" for v in values])
+    return ["method"] + [h for h, _ in columns], rows
+
+
+def table(summary: dict, orders) -> str:
+    """The printed summary: one line per method."""
+    header, rows = _cells(summary, orders)
+    widths = [22] + [max(len(h), 8) + 2 for h in header[1:]]
+    return "\n".join(r[0][:22].ljust(22) + "".join(c.rjust(w) for c, w in zip(r[1:], widths[1:]))
+                     for r in [header, *rows])
+
+
+def markdown(summary: dict, orders) -> str:
+    """The same table in markdown (metrics.md), to paste into a report."""
+    header, rows = _cells(summary, orders)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _get(figures: dict, path):
