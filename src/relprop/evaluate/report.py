@@ -41,10 +41,13 @@ def plot_curves(path: Path, curves: dict, orders, steps: int, title: str) -> Non
     fig = Figure(figsize=(4.2 * len(orders), 3.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
+    import matplotlib
+    colours = matplotlib.colormaps["tab20"]  # up to 20 methods told apart; the default cycle has 10
     for ax, order in zip(axes, orders):
-        for method, by_order in curves.items():
+        for i, (method, by_order) in enumerate(curves.items()):
             if order in by_order:
-                ax.plot(range(steps + 1), by_order[order]["logit"], label=method, lw=1.2)
+                ax.plot(range(steps + 1), by_order[order]["logit"], label=method, lw=1.2,
+                        color=colours(i % 20))
         if "random" in curves:
             ax.plot(range(steps + 1), curves["random"]["random"]["logit"], "k--", lw=1.2,
                     label="random")
