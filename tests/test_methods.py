@@ -122,3 +122,20 @@ def test_gradient_methods_explain_in_eval_mode_and_say_so():
                                                            method="gradient").relevance)
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("method,same_as", [("guided-backprop", "gradient"),
+                                            ("deeplift", "gradient-x-input")])
+def test_captum_methods_that_become_others_on_relu6_say_so(method, same_as):
+    """EfficientNet-Lite0's activations are ReLU6, which Captum's guided backprop and DeepLift
+    do not know: their maps are then the gradient's and gradient x input's (up to rounding)."""
+    from efficientnet_lite_pytorch import EfficientNet
+    torch.manual_seed(0)
+    model = EfficientNet.from_name("efficientnet-lite0").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.warns(UserWarning, match=f"{method}: Captum applies its rule at .*ReLU6 pass the "
+                                         f"plain gradient.*{same_as}'s") as caught:
+        found = relprop.explain(model, x, 3, method).relevance
+    assert caught[0].filename == __file__
+    other = relprop.explain(model, x, 3, same_as).relevance
+    torch.testing.assert_close(found, other, rtol=1e-4, atol=1e-5 * float(other.abs().max()))

@@ -324,16 +324,20 @@ def _targets(target: Target, scores: torch.Tensor) -> torch.Tensor:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _warn_if_training(model: nn.Module) -> None:
-    """Say that a training model is explained in eval mode, pointing at the caller's line."""
-    if not any(m.training for m in model.modules()):
-        return
+def _warn(message: str) -> None:
+    """A warning that points at the caller's line, outside relprop."""
     frame, level = sys._getframe(0), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
-    warnings.warn(f"{type(model).__name__} has modules in training mode; relprop explains it in "
-                  "eval mode (running BatchNorm statistics, no dropout) and gives every module "
-                  "its own mode back afterwards", stacklevel=level)
+    warnings.warn(message, stacklevel=level)
+
+
+def _warn_if_training(model: nn.Module) -> None:
+    """Say that a training model is explained in eval mode."""
+    if any(m.training for m in model.modules()):
+        _warn(f"{type(model).__name__} has modules in training mode; relprop explains it in "
+              "eval mode (running BatchNorm statistics, no dropout) and gives every module "
+              "its own mode back afterwards")
 
 
 @contextmanager

@@ -27,6 +27,31 @@ METHODS = {
 }
 
 
+# Activations Captum's modified backward passes act on; any other activation module is passed
+# through with its plain gradient, as if the method were not there.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
+               nn.Softplus, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.PReLU,
+               nn.SELU, nn.CELU)
+CAPTUM_HANDLES = {"guided-backprop": (nn.ReLU,),
+                  "deeplift": (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)}
+FALLS_BACK_TO = {"guided-backprop": "gradient", "deeplift": "gradient-x-input"}
+
+
+def _warn_if_unhandled(model: nn.Module, method: str) -> None:
+    """Say where Captum's method would silently become another one: its rule at an activation
+    it does not know is the plain gradient (EfficientNet-Lite0's ReLU6: guided backprop's map is
+    then the gradient's, DeepLift's with a zero baseline gradient x input's, up to rounding)."""
+    if method not in CAPTUM_HANDLES:
+        return
+    unhandled = sorted({type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS)
+                        and type(m) not in CAPTUM_HANDLES[method]})
+    if unhandled:
+        from .api import _warn
+        _warn(f"{method}: Captum applies its rule at {', '.join(t.__name__ for t in CAPTUM_HANDLES[method])} "
+              f"only; this model's {', '.join(unhandled)} pass the plain gradient, so where they "
+              f"are the only activations the map is {FALLS_BACK_TO[method]}'s")
+
+
 class _ClassScores(nn.Module):
     """The model with one score per class: a spatial output's map summed over its positions.
     A new module around the user's; theirs is not changed."""
@@ -50,6 +75,7 @@ def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
         attribute = _layer_variant(model, method, layer)
     check_batch(model, inputs)
     _warn_if_training(model)
+    _warn_if_unhandled(model, method)
     scores_model = _ClassScores(model)
     with torch.inference_mode(False), eval_mode(model), exact_float32():
         x = inputs.clone() if inputs.is_inference() else inputs
