@@ -38,7 +38,7 @@ def plot_curves(path: Path, curves: dict, orders, steps: int, title: str) -> Non
     logit as regions are replaced."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(4.2 * len(orders), 3.6))
+    fig = Figure(figsize=(4.2 * len(orders) + 1.8, 3.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(orders), squeeze=False)[0]
     import matplotlib
@@ -55,7 +55,7 @@ def plot_curves(path: Path, curves: dict, orders, steps: int, title: str) -> Non
         ax.set_xlabel("regions replaced")
         ax.set_ylabel("mean drop of the explained logit")
         ax.axhline(0, color="grey", lw=0.5)
-    axes[-1].legend(fontsize=6, loc="best")
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
