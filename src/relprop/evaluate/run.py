@@ -46,7 +46,8 @@ class Settings:
     samples: int = 3
     seed: int = 0
     batch_size: int = 8  # images explained at once
-    forward_batch_size: int = 64  # perturbed images per forward call
+    forward_batch_size: int = 16  # perturbed images per forward call (CPU: 16 ran 2.6x faster
+    # per image than 64 on EfficientNet-Lite0; a GPU takes more)
 
     def perturbation(self) -> pert.Settings:
         return pert.Settings(self.region, self.steps, self.fill, self.forward_batch_size,
@@ -228,15 +229,9 @@ def _perturb(model, x, target, heats, indices, data, settings, result, row, prog
             keys.append((method, order))
             rankings.append(pert.rank_regions(heat, ps.region, order))
 
-    def score(inputs, image):
-        with torch.no_grad():
-            s = class_scores(model(inputs))
-        t = int(target[image])
-        return torch.stack([s[:, t], s.softmax(1)[:, t]], 1)
-
     total = n * (len(keys) * ps.steps + 1)
     progress.set_postfix_str("region perturbation", refresh=True)
-    curves = pert.curves(score, x, torch.stack(rankings), fill, ps,
+    curves = pert.curves(pert.scorer(model, target), x, torch.stack(rankings), fill, ps,
                          progress=lambda done: progress.update(n * done / total))
     for key, curve in zip(keys, curves):
         result.add_curves(key, curve)
