@@ -243,7 +243,7 @@ def test_bad_target_fails_before_any_image_is_read(target, says, tmp_path, monke
 def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
     def fails(self, inputs, target=None, layer=None):
         raise ValueError("the model's output is not finite:\nNaN logits for 1 image")
-    monkeypatch.setattr(api.RAP, "explain", fails)
+    monkeypatch.setattr(api.Propagation, "explain", fails)
     out = tmp_path / "out"
     assert _explain(out, _picture(tmp_path / "cat.png")) == 2
     assert "not finite: NaN logits" in _one_error_line(capsys.readouterr().err)
@@ -256,7 +256,7 @@ def test_an_explainer_error_is_one_line(tmp_path, monkeypatch, capsys):
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
     def fails(self, inputs, target=None, layer=None):
         raise error
-    monkeypatch.setattr(api.RAP, "explain", fails)
+    monkeypatch.setattr(api.Propagation, "explain", fails)
     assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 2
     assert "out of memory explaining 1 images" in _one_error_line(capsys.readouterr().err)
 
@@ -264,7 +264,7 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
 def test_images_are_read_batch_by_batch(tmp_path, monkeypatch, capsys):
     paths = [_picture(tmp_path / f"{i}.png") for i in range(4)]
     events = []
-    real_open, real_explain = Image.open, api.RAP.explain
+    real_open, real_explain = Image.open, api.Propagation.explain
 
     def logged_open(*args, **kwargs):
         events.append("read")
@@ -274,7 +274,7 @@ def test_images_are_read_batch_by_batch(tmp_path, monkeypatch, capsys):
         events.append(f"explain {len(inputs)}")
         return real_explain(self, inputs, target, layer)
     monkeypatch.setattr(Image, "open", logged_open)
-    monkeypatch.setattr(api.RAP, "explain", logged_explain)
+    monkeypatch.setattr(api.Propagation, "explain", logged_explain)
     assert _explain(tmp_path / "out", *paths, "--batch-size", "2") == 0
     assert events == ["read", "read", "explain 2", "read", "read", "explain 2"]
 
@@ -314,7 +314,7 @@ def test_summary_json_is_strict(tmp_path):
 def test_interrupt_is_one_line_and_leaves_a_summary(tmp_path, monkeypatch, capsys):
     def interrupted(self, inputs, target=None, layer=None):
         raise KeyboardInterrupt
-    monkeypatch.setattr(api.RAP, "explain", interrupted)
+    monkeypatch.setattr(api.Propagation, "explain", interrupted)
     assert _explain(tmp_path / "out", _picture(tmp_path / "cat.png")) == 130
     assert capsys.readouterr().err.strip() == "relprop: interrupted"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["images"] == []

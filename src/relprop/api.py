@@ -379,10 +379,16 @@ def methods() -> list[str]:
     return list(PROPAGATION) + list(gradients.METHODS)
 
 
+DEFAULT_METHOD = "rap-stable"  # the paper's RAP where a network has no additions, and stable
+# where it has (README, "Which RAP": every figure of relprop evaluate favoured it on residual nets)
+
+
 def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
-            method: str = "rap", layer: str | None = None, **options) -> Explanation:
+            method: str = DEFAULT_METHOD, layer: str | None = None, **options) -> Explanation:
     """Explain ``model``'s decision on ``inputs`` (a batch) for ``target`` (None: predicted) with
-    ``method`` (one of :func:`methods`); ``options`` are the method's keyword options. ``layer``
+    ``method`` (one of :func:`methods`; ``"rap"`` for the paper's rule exactly, which
+    ``"rap-stable"``, the default, equals on networks without residual additions); ``options``
+    are the method's keyword options. ``layer``
     (a module path) gives the relevance of that layer's output instead of the input's.
 
     The traced graph is kept per model, so calling this in a loop traces once; it holds the

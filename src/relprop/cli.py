@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import models, plot
 from . import gradients
-from .api import PROPAGATION, methods
+from .api import DEFAULT_METHOD, PROPAGATION, methods
 from .errors import UnsupportedOperation, UntraceableModel
 from .images import UnreadableImage, load_image
 
@@ -71,8 +71,10 @@ def main(argv=None) -> int:
     ex = sub.add_parser("explain", help="explain images (RAP or another method) and write heat "
                                         "maps")
     _image_options(ex)
-    ex.add_argument("--method", default="rap", choices=methods(), metavar="METHOD",
-                    help=f"one of {', '.join(methods())} (default: rap)")
+    ex.add_argument("--method", default=DEFAULT_METHOD, choices=methods(), metavar="METHOD",
+                    help=f"one of {', '.join(methods())} (default: {DEFAULT_METHOD}, the paper's "
+                         "RAP on networks without residual additions, stable on those with; rap: "
+                         "the paper's rule everywhere)")
     ex.add_argument("--out", default="relprop-out",
                     help="output folder (default: relprop-out): NAME_heatmap.png and "
                          "NAME_overlay.png per image (NAME-2_... where names repeat), "

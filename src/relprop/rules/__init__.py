@@ -15,7 +15,9 @@ then: a cache would serve stale weights after in-place edits that PyTorch does n
 (``w.data.mul_(2)``, a hand-written SGD step).
 
 Rules shared by every propagation method are registered under ``method='*'``; a method's own
-rule for a kind takes precedence.
+rule for a kind takes precedence. A method can be a variant of another (``derive``): it then has
+the other's rules and analysis, its own where it registers them, so that a rule a user registers
+for ``rap`` serves ``rap-stable`` too.
 
 Each rule names the floating-point types it is tested in. A type enters that list only where a
 test shows the heat maps stay within a stated tolerance of float64/float32 (``tests/
@@ -44,6 +46,21 @@ class Rule:
 
 _RULES: dict[str, dict[str, Rule]] = {}
 _ANALYSES: dict[str, Callable] = {}
+_BASES: dict[str, str] = {}  # variant method -> the method it is a variant of
+
+
+def derive(method: str, base: str) -> None:
+    """Make ``method`` a variant of ``base``: ``base``'s rules and analysis unless it has its own."""
+    _BASES[method] = base
+    _RULES.setdefault(method, {})
+
+
+def _lineage(method: str) -> list[str]:
+    """``method``, the methods it derives from, and '*'."""
+    chain = [method]
+    while chain[-1] in _BASES:
+        chain.append(_BASES[chain[-1]])
+    return chain + ["*"]
 
 
 def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
@@ -63,7 +80,8 @@ def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
 
 
 def get_rule(method: str, op) -> Rule:
-    rule = _RULES.get(method, {}).get(op.kind) or _RULES.get("*", {}).get(op.kind)
+    rule = next((_RULES[m][op.kind] for m in _lineage(method) if op.kind in _RULES.get(m, {})),
+                None)
     if rule is None:
         raise UnsupportedOperation(op.source, op.name, op.module_path, method=method,
                                    reason=f"no rule for ops of kind '{op.kind}'")
@@ -80,7 +98,7 @@ def register_analysis(method: str, fn: Callable | None = None):
 
 def analyse(method: str, graph) -> dict:
     """``method``'s notes on ``graph`` (empty where the method needs none)."""
-    fn = _ANALYSES.get(method)
+    fn = next((_ANALYSES[m] for m in _lineage(method) if m in _ANALYSES), None)
     return fn(graph) if fn is not None else {}
 
 

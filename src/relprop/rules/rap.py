@@ -14,12 +14,14 @@ from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
 from ..ir import resolve
 from ..ops import pad_spec
-from . import WITH_BFLOAT16, register_analysis, register_rule
+from . import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import operand_shares
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
-@register_analysis("rap-stable")
+derive("rap-stable", "rap")  # §7.5: RAP with its own rule at additions
+
+
 @register_analysis("rap")
 def analyse(graph) -> dict:
     """Roles: the layer that produces the output (§2), the layers that read the input (§4, with
@@ -56,8 +58,6 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return c.sub_(delta).masked_fill_(zero, 0)
 
 
-@register_rule("linear", method="rap-stable", needs_inputs=True, dtypes=WITH_BFLOAT16)
-@register_rule("conv", method="rap-stable", needs_inputs=True, dtypes=WITH_BFLOAT16)
 @register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 @register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
 def layer(op, relevance, run):
