@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -114,7 +115,10 @@ def main(argv=None) -> int:
         if args.command == "serve":
             from .serve import serve  # the web stack loads only for this command
             return serve(args)
-        return {"explain": explain, "compare": compare, "evaluate": evaluate}[args.command](args)
+        with warnings.catch_warnings():  # a warning about a method is said once per run,
+            warnings.simplefilter("once")  # not once per batch
+            return {"explain": explain, "compare": compare,
+                    "evaluate": evaluate}[args.command](args)
     except _Failure as e:
         print(f"relprop: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
