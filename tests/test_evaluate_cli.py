@@ -105,6 +105,7 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys):
         (["--sigmas", "a,b"], "comma-separated numbers"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--orders", "upwards"], "--orders: unknown upwards"),
+        (["--boxes", str(tmp_path), "--data", str(IMAGES)], "no boxes for any of the 19 images"),
     ]
     for args, message in cases:
         code = cli.main(["evaluate", "--model", "efficientnet_lite0", "--out",

@@ -499,7 +499,8 @@ def evaluate(args) -> int:
                        "--masks")
     for option, value in (("--batch-size", args.batch_size), ("--samples", args.samples),
                           ("--forward-batch-size", args.forward_batch_size),
-                          ("--steps", args.steps), ("--region", args.region)):
+                          ("--steps", args.steps), ("--region", args.region),
+                          ("--limit", 1 if args.limit is None else args.limit)):
         if value < 1:
             raise _Failure(f"{option} must be at least 1")
     if not 0 <= args.iou_quantile < 1:
@@ -533,6 +534,11 @@ def evaluate(args) -> int:
         raise _Failure(str(e)) from None
     if args.masks and not Path(args.masks).is_dir():
         raise _Failure(f"--masks {args.masks}: not a folder; pass a folder of IMAGE.png masks")
+    if boxes is not None and not any(item.name in boxes for item in items):
+        example = items[0].name if items else "IMAGE"
+        raise _Failure(f"--boxes {args.boxes}: no boxes for any of the {len(items)} images (found "
+                       f"{len(boxes)} entries; boxes are matched by file name without extension, "
+                       f"e.g. {example}.xml or an entry '{example}')")
     with _memory(f"moving {name} to {device}", "use --device cpu"):
         model = model.to(device)
     try:
