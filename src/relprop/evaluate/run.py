@@ -12,7 +12,7 @@ import math
 import os
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -306,7 +306,3 @@ def _mean(values):
 def _median(values):
     values = _finite(values)
     return statistics.median(values) if values else None
-
-
-def settings_record(settings: Settings) -> dict:
-    return asdict(settings)
