@@ -373,11 +373,7 @@ def explain(args) -> int:
 
 def compare(args) -> int:
     """Every requested method on every image: one grid, one overlay per image and method."""
-    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in methods()]
-    if unknown or not chosen:
-        raise _Failure(f"--methods: unknown {', '.join(unknown) or 'nothing given'}; choose from "
-                       f"{', '.join(methods())}")
+    chosen = _choices(args.methods, methods(), "--methods")
     job = _job(args, chosen)
     name, out, class_names, target = job.name, job.out, job.class_names, job.target
     rows, records, skipped = [], [], []
