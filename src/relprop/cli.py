@@ -25,6 +25,7 @@ from . import models, plot
 from . import gradients
 from .api import DEFAULT_METHOD, PROPAGATION, methods
 from .errors import UnsupportedOperation, UntraceableModel
+from .evaluate.report import strict_json
 from .images import UnreadableImage, load_image
 
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")  # pictures scikit-image ships
@@ -641,8 +642,7 @@ def _write(out, item: Prepared, e, i, class_names) -> Row:
 def _write_summary(out, model_name, method, rows, skipped) -> None:
     """summary.csv and summary.json of this run, also where nothing was explained. The JSON is
     strict: non-finite numbers become null."""
-    records = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
-                for k, v in asdict(r).items()} for r in rows]
+    records = [strict_json(asdict(r)) for r in rows]
     with _writing(out / "summary.csv"):
         with open(out / "summary.csv", "w", newline="", errors="surrogateescape") as f:
             w = csv.DictWriter(f, fieldnames=[field.name for field in fields(Row)])

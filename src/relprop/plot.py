@@ -60,6 +60,11 @@ def heatmap_image(heatmap, size: tuple[int, int] | None = None,
     return img.resize(size, Image.NEAREST) if size and size != img.size else img
 
 
+def opacity(h: np.ndarray, limit: float) -> np.ndarray:
+    """The overlay's per-pixel weight in [0, 1]: |relevance| up to the colour limit."""
+    return np.clip(np.abs(h) / limit, 0, 1) if limit > 0 else np.zeros_like(h)
+
+
 def overlay_image(image: Image.Image, heatmap, alpha: float = 0.6,
                   limit: float | None = None, sign: str = "all") -> Image.Image:
     """The heat map over a grey version of ``image``; opacity grows with |relevance|, so places
@@ -67,7 +72,7 @@ def overlay_image(image: Image.Image, heatmap, alpha: float = 0.6,
     h = to_numpy(heatmap, sign)
     base = image.convert("L").convert("RGB").resize((h.shape[1], h.shape[0]), Image.BILINEAR)
     limit = default_limit(h) if limit is None else float(limit)
-    weight = np.clip(np.abs(h) / limit, 0, 1)[..., None] * alpha if limit > 0 else 0.0
+    weight = opacity(h, limit)[..., None] * alpha
     mixed = (1 - weight) * np.asarray(base, np.float64) + weight * colorize(h, limit)
     return Image.fromarray(mixed.round().astype(np.uint8))
 

@@ -248,8 +248,7 @@ def overlay_layer(heat, sign: str = "all") -> tuple[Image.Image, float]:
     the page's opacity slider redraws without a request."""
     h = plot.to_numpy(heat, sign)
     limit = plot.default_limit(h)
-    weight = np.clip(np.abs(h) / limit, 0, 1) if limit > 0 else np.zeros_like(h)
-    alpha = (weight * 255 + 0.5).astype(np.uint8)
+    alpha = (plot.opacity(h, limit) * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(np.dstack([plot.colorize(h, limit), alpha]), "RGBA"), limit
 
 

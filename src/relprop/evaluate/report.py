@@ -11,19 +11,19 @@ from pathlib import Path
 ROW_FIELDS = ("index", "image", "file", "target", "method", "metric", "value")
 
 
-def _strict(value):
-    """JSON without NaN/Infinity: undefined figures are null."""
+def strict_json(value):
+    """``value`` ready for strict JSON (no NaN/Infinity): undefined figures become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
+        return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
+        return [strict_json(v) for v in value]
     return value
 
 
 def write_metrics(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(_strict(record), indent=2, allow_nan=False))
+    path.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
