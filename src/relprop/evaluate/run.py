@@ -76,16 +76,16 @@ class Result:
     counts: dict = field(default_factory=dict)  # (method, order) -> images in the sum
     skipped: list = field(default_factory=list)
 
-    def add_curves(self, key, curves: torch.Tensor) -> None:
-        self.curves[key] = self.curves.get(key, 0) + curves.sum(0)
-        self.counts[key] = self.counts.get(key, 0) + len(curves)
+    def add_curves(self, key, total: torch.Tensor, count: int) -> None:
+        """Add ``count`` images' summed curve to ``key``'s sum."""
+        self.curves[key] = self.curves.get(key, 0) + total
+        self.counts[key] = self.counts.get(key, 0) + count
 
     def merge(self, other: "Result") -> None:
         self.rows += other.rows
         self.skipped += other.skipped
-        for key, curve in other.curves.items():
-            self.curves[key] = self.curves.get(key, 0) + curve
-            self.counts[key] = self.counts.get(key, 0) + other.counts[key]
+        for key, total in other.curves.items():
+            self.add_curves(key, total, other.counts[key])
 
 
 def world() -> tuple[int, int]:
@@ -234,7 +234,7 @@ def _perturb(model, x, target, heats, indices, data, settings, result, row, prog
     curves = pert.curves(pert.scorer(model, target), x, torch.stack(rankings), fill, ps,
                          progress=lambda done: progress.update(n * done / total))
     for key, curve in zip(keys, curves):
-        result.add_curves(key, curve)
+        result.add_curves(key, curve.sum(0), len(curve))
         method, order = key
         for i, (logit_aopc, probability_aopc) in enumerate(pert.aopc(curve.transpose(1, 2))):
             row(i, method, f"perturbation/{order}/aopc", logit_aopc)
