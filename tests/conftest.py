@@ -37,8 +37,10 @@ def float64_copy(model):
 @pytest.fixture(autouse=True)
 def restore_registries():
     """Tests that register ops or rules leave relprop's registries as they found them."""
-    from relprop import ops, rules
-    saved = [(d, dict(d)) for d in (ops._MODULES, ops._FUNCTIONS, ops._METHODS, rules._ANALYSES)]
+    from relprop import ops, registry as methods
+    from relprop.rules import registry as rules
+    saved = [(d, dict(d)) for d in (ops._MODULES, ops._FUNCTIONS, ops._METHODS, rules._ANALYSES,
+                                    rules._BASES, methods._METHODS)]
     saved_rules = {m: dict(r) for m, r in rules._RULES.items()}
     yield
     for d, copy_ in saved:
@@ -46,3 +48,5 @@ def restore_registries():
         d.update(copy_)
     rules._RULES.clear()
     rules._RULES.update(saved_rules)
+    rules._VERSION[0] += 1  # plans made with a rule a test registered are made again
+    ops._VERSION[0] += 1

@@ -126,7 +126,7 @@ def test_functional_and_inplace_forms_conserve():
     e = RAP(model).explain(x(2, s=16, dtype=torch.float64))
     assert torch.isfinite(e.relevance).all()
     assert torch.allclose(e.relevance.sum((1, 2, 3)), e.score, rtol=1e-9, atol=1e-12)
-    notes = RAP(model)._plan.notes
+    notes = RAP(model).plan.notes
     assert notes["conv2d"] == {"role": "input", "input_pad": (0, 1, 0, 1)}
     assert notes["linear"] == {"role": "output"}
 

@@ -12,7 +12,9 @@ import pytest
 import torchvision
 from PIL import Image
 
-from relprop import api, cli
+from relprop import api, cli, prepare
+from relprop.cli import common
+from relprop.cli import explain as explain_command
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_default_run_falls_back_to_the_embedded_model(offline, tmp_path, capsys)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "efficientnet_lite0"
     rows = {r["image"]: r for r in summary["images"]}
-    assert set(rows) == set(cli.SAMPLES)
+    assert set(rows) == set(prepare.SAMPLES)
     assert "cat" in rows["chelsea"]["predicted"]
     assert rows["coffee"]["predicted"] == "espresso"
     for r in rows.values():
@@ -144,12 +146,12 @@ def test_same_named_images_in_two_folders_get_their_own_outputs(tmp_path, capsys
 
 def test_output_names_are_unique_and_short():
     long = "a" * 250
-    names = cli._output_names([long, long[:-1] + "b", "Pic", "pic", "pic-2", ""])
-    assert names == ["a" * cli.NAME_BYTES, "a" * cli.NAME_BYTES + "-2", "Pic", "pic-2",
+    names = common.output_names([long, long[:-1] + "b", "Pic", "pic", "pic-2", ""])
+    assert names == ["a" * common.NAME_BYTES, "a" * common.NAME_BYTES + "-2", "Pic", "pic-2",
                      "pic-2-2", "image"]
-    assert len("é" * 200) * 2 > cli.NAME_BYTES
-    cut = cli._output_names(["é" * 200])[0]  # two bytes a letter: never half a letter
-    assert cut == "é" * (cli.NAME_BYTES // 2)
+    assert len("é" * 200) * 2 > common.NAME_BYTES
+    cut = common.output_names(["é" * 200])[0]  # two bytes a letter: never half a letter
+    assert cut == "é" * (common.NAME_BYTES // 2)
 
 
 def test_an_input_with_a_very_long_name_is_explained(tmp_path, capsys):
@@ -158,7 +160,7 @@ def test_an_input_with_a_very_long_name_is_explained(tmp_path, capsys):
     assert _explain(out, image) == 0
     row = json.loads((out / "summary.json").read_text())["images"][0]
     assert row["file"] == str(image) and Path(row["heatmap"]).is_file()
-    assert len(Path(row["overlay"]).name) <= cli.NAME_BYTES + len("_overlay.png")
+    assert len(Path(row["overlay"]).name) <= common.NAME_BYTES + len("_overlay.png")
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the 224 x 224 crop
@@ -295,15 +297,15 @@ def test_rerun_leaves_nothing_of_the_last_run(tmp_path, capsys):
     assert not Path(first["heatmap"]).exists() and not Path(first["overlay"]).exists()
     assert mine.exists() and outside.exists()
     assert (out / "summary.csv").read_text().splitlines() == [",".join(
-        f.name for f in dataclasses.fields(cli.Row))]
+        f.name for f in dataclasses.fields(explain_command.Row))]
     again = json.loads((out / "summary.json").read_text())
     assert again["images"] == [] and again["skipped"][0]["file"] == str(bad)
 
 
 def test_summary_json_is_strict(tmp_path):
-    row = cli.Row("pic", "pic.png", "cat", float("nan"), "cat", 1, float("inf"), 0.0, 0.0, 0.0,
+    row = explain_command.Row("pic", "pic.png", "cat", float("nan"), "cat", 1, float("inf"), 0.0, 0.0, 0.0,
                   "pic_heatmap.png", "pic_overlay.png")
-    cli._write_summary(tmp_path, "m", "rap", [row], [])
+    explain_command.write_summary(tmp_path, "m", "rap", [row], [])
 
     def refuse(name):
         raise AssertionError(f"{name} in summary.json")

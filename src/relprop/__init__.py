@@ -1,15 +1,20 @@
 """relprop: Relative Attributing Propagation (RAP) for unmodified PyTorch image classifiers."""
 import importlib
 
-from .api import LRP, RAP, Explanation, StableRAP, explain, methods
+from .api import (DEFAULT_METHOD, LRP, RAP, Explainer, Explanation, StableRAP, explain,
+                  explainer)
 from .errors import UnsupportedOperation, UntraceableModel
+from .explainer import Call
 from .graph import trace
+from .registry import MethodSpec, Option, get_method, methods, register_method
 from .ops import register_op
 from .rules import register_rule
 
 __version__ = "0.1.0"
-__all__ = ["RAP", "StableRAP", "LRP", "Explanation", "explain", "UnsupportedOperation", "UntraceableModel",
-           "register_op", "register_rule", "methods", "trace"]
+__all__ = ["RAP", "StableRAP", "LRP", "Explainer", "Call", "Explanation", "explain", "explainer",
+           "UnsupportedOperation", "UntraceableModel", "register_op", "register_rule",
+           "register_method", "get_method", "MethodSpec", "Option", "methods", "trace",
+           "DEFAULT_METHOD"]
 
 _LAZY = {"models", "plot"}  # torchvision's model zoo and matplotlib load only when used
 

@@ -6,11 +6,15 @@ the relevance of a tensor used by several ops.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+
 import torch
 
 from .errors import ForwardError
 from .ir import Graph, Op, ref_names, resolve
 from .rules import analyse, get_rule
+from .rules import registry as rule_registry
 
 
 class Plan:
@@ -57,13 +61,37 @@ class Plan:
                 if op.name in self.rules and dtype not in self.rules[op.name].dtypes]
 
 
-class Run:
-    """The values one forward pass kept, as the rules see them, and the explained score."""
+_PLANS: "weakref.WeakKeyDictionary[Graph, dict]" = weakref.WeakKeyDictionary()
+_PLAN_LOCK = threading.Lock()
 
-    def __init__(self, env: dict, shapes: dict, notes: dict):
-        self.env, self.shapes, self.notes = env, shapes, notes
-        self.score: torch.Tensor | None = None  # (N,) set by the caller before the sweep
-        self.options: dict = {}  # the method's keyword options, set by the caller
+
+def plan(graph: Graph, method: str) -> Plan:
+    """The plan of ``method`` on ``graph``, made once and shared by every explainer and thread
+    (made again after a rule is registered)."""
+    with _PLAN_LOCK:
+        per_method = _PLANS.setdefault(graph, {})
+        made = per_method.get(method)
+        if made is None or made[0] != rule_registry.version():
+            made = (rule_registry.version(), Plan(graph, method))
+            per_method[method] = made
+        return made[1]
+
+
+class Forward:
+    """What one forward pass kept: the values the rules will read, and every tensor's shape."""
+
+    def __init__(self, env: dict, shapes: dict):
+        self.env, self.shapes = env, shapes
+
+
+class Run:
+    """One reverse sweep as the rules see it: the values the forward pass kept, the method's
+    notes on the graph, the explained score per sample and the call's options."""
+
+    def __init__(self, forward: Forward, notes: dict, score: torch.Tensor, options: dict):
+        self.env, self.shapes, self.notes = forward.env, forward.shapes, notes
+        self.score = score  # (N,)
+        self.options = options
 
     def note(self, op: Op) -> dict:
         return self.notes.get(op.name, {})
@@ -81,7 +109,7 @@ class Run:
         return self.shapes[name]
 
 
-def forward(plan: Plan, x: torch.Tensor) -> Run:
+def forward(plan: Plan, x: torch.Tensor) -> Forward:
     graph = plan.graph
     env = {graph.input: x}
     shapes = {graph.input: x.shape}
@@ -95,14 +123,17 @@ def forward(plan: Plan, x: torch.Tensor) -> Run:
             shapes[op.name] = value.shape
         for name in plan.free_forward[i]:
             env.pop(name, None)
-    return Run(env, shapes, plan.notes)
+    return Forward(env, shapes)
 
 
-def backward(plan: Plan, run: Run, relevance: torch.Tensor, stop: str | None = None
-             ) -> torch.Tensor:
-    """Sweep from the output to the input; returns the relevance of the model input, or of the
-    value ``stop`` (a graph node) where the sweep stops there."""
+def backward(plan: Plan, kept: Forward, relevance: torch.Tensor, score: torch.Tensor,
+             options: dict, stop: str | None = None) -> torch.Tensor:
+    """Sweep from the output to the input, starting from ``relevance`` at the output; returns
+    the relevance of the model input, or of the value ``stop`` (a graph node) where the sweep
+    stops there. ``score`` and ``options`` are what the rules read as ``run.score`` and
+    ``run.options``."""
     graph = plan.graph
+    run = Run(kept, plan.notes, score, options)
     total: dict[str, torch.Tensor] = {graph.output: relevance}
     env = run.env
     for i in range(len(graph.ops) - 1, -1, -1):

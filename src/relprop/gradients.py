@@ -4,55 +4,106 @@ that RAP and LRP can be put beside them on one model, one image, one colour scal
 
 Captum does these well; relprop only chooses the layer for Grad-CAM from the traced graph, wraps
 models with a spatial output so that a class's score is its map's sum (as for RAP), and turns
-what Captum cannot do on a model into an error that says why.
+what Captum cannot do on a model into an error that says why. Each method is one function that
+serves both the input and, where Captum has one, its layer variant, so the two cannot drift
+apart in their options.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .graph import eval_mode, trace
-
-# method -> its keyword options and their defaults
-METHODS = {
-    "gradient": {},
-    "gradient-x-input": {},
-    "integrated-gradients": {"steps": 50, "baseline": 0.0},
-    "smoothgrad": {"samples": 25, "noise": 0.15, "seed": 0},
-    "guided-backprop": {},
-    "deeplift": {"baseline": 0.0},
-    "grad-cam": {"layer": None},
-}
-
+from .explainer import Call, Explainer, warn_at_caller
+from .explanation import class_scores
+from .graph import traced
+from .registry import register_method
 
 # Activations Captum's modified backward passes act on; any other activation module is passed
 # through with its plain gradient, as if the method were not there.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
                nn.Softplus, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.PReLU,
                nn.SELU, nn.CELU)
-CAPTUM_HANDLES = {"guided-backprop": (nn.ReLU,),
-                  "deeplift": (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)}
-FALLS_BACK_TO = {"guided-backprop": "gradient", "deeplift": "gradient-x-input"}
 
 
-def _warn_if_unhandled(model: nn.Module, method: str) -> None:
-    """Say where Captum's method would silently become another one: its rule at an activation
-    it does not know is the plain gradient (EfficientNet-Lite0's ReLU6: guided backprop's map is
-    then the gradient's, DeepLift's with a zero baseline gradient x input's, up to rounding)."""
-    if method not in CAPTUM_HANDLES:
-        return
-    unhandled = sorted({type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS)
-                        and type(m) not in CAPTUM_HANDLES[method]})
-    if unhandled:
-        from .api import _warn
-        _warn(f"{method}: Captum applies its rule at {', '.join(t.__name__ for t in CAPTUM_HANDLES[method])} "
-              f"only; this model's {', '.join(unhandled)} pass the plain gradient, so where they "
-              f"are the only activations the map is {FALLS_BACK_TO[method]}'s")
+@dataclass(frozen=True)
+class Recipe:
+    """How Captum computes one method. ``attribute(f, x, target, options, layer)`` with ``f``
+    the model with one score per class and ``layer`` a module of ``f`` or None.
+    ``hooks``: Captum hooks the model's modules for this method even at the input.
+    ``handles``/``falls_back_to``: the activations its rule acts on, and what the map is where
+    the model has none of them."""
+
+    attribute: Callable
+    hooks: bool = False
+    handles: tuple = ()
+    falls_back_to: str | None = None
+    wrap: Callable[[nn.Module], nn.Module] = lambda model: model
 
 
-class _ClassScores(nn.Module):
+class CaptumExplainer(Explainer):
+    """A gradient-family method computed by Captum on the user's model (never modified: Captum
+    works on a wrapper that sums a spatial output per class, and on a fresh input tensor)."""
+
+    def __init__(self, model: nn.Module, method: str, recipe: Recipe, **options):
+        super().__init__(model, method, **options)
+        self.recipe = recipe
+
+    def exclusive(self, layer: str | None = None) -> bool:
+        return self.recipe.hooks or layer is not None  # Captum's layer variants hook the layer
+
+    def _check_layer(self, model: nn.Module, layer: str) -> None:
+        super()._check_layer(model, layer)
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"layer '{layer}' is not a module path of {type(model).__name__} "
+                             f"(e.g. '{last_convolution(model)}')") from None
+
+    def _warn(self, model: nn.Module) -> None:
+        """Say where Captum's method would silently become another one: its rule at an
+        activation it does not know is the plain gradient (EfficientNet-Lite0's ReLU6: guided
+        backprop's map is then the gradient's, DeepLift's with a zero baseline gradient x
+        input's, up to rounding)."""
+        handles = self.recipe.handles
+        if not handles:
+            return
+        unhandled = sorted({type(m).__name__ for m in model.modules()
+                            if isinstance(m, ACTIVATIONS) and type(m) not in handles})
+        if unhandled:
+            warn_at_caller(
+                f"{self.method}: Captum applies its rule at "
+                f"{', '.join(t.__name__ for t in handles)} only; this model's "
+                f"{', '.join(unhandled)} pass the plain gradient, so where they are the only "
+                f"activations the map is {self.recipe.falls_back_to}'s")
+
+    def _attribute(self, call: Call) -> torch.Tensor:
+        f = ClassScores(self.recipe.wrap(call.model))
+        layer = None if call.layer is None else _submodule(f.model, call.model, call.layer,
+                                                             self.method)
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Captum announces the hooks it sets and removes; relprop says what it computes.
+            warnings.filterwarnings("ignore", message=".*(hooks|require gradients)",
+                                    category=UserWarning)
+            try:
+                leaf = call.inputs.detach().requires_grad_()  # the caller's is not touched
+                found = self.recipe.attribute(f, leaf, call.target, call.options, layer)
+            except (RuntimeError, AssertionError, TypeError) as e:
+                hint = ""
+                if self.method == "deeplift" and "input/output attributes" in str(e):
+                    hint = (" (Captum's DeepLift needs every ReLU module to be called once per "
+                            "forward pass; this model calls one several times, and torch.fx "
+                            "could not trace it to give each call a ReLU of its own)")
+                raise ValueError(f"Captum cannot compute '{self.method}' on "
+                                 f"{type(call.model).__name__}{hint}: {type(e).__name__}: "
+                                 f"{e}") from None
+        return found[0] if isinstance(found, tuple) else found
+
+
+class ClassScores(nn.Module):
     """The model with one score per class: a spatial output's map summed over its positions.
     A new module around the user's; theirs is not changed."""
 
@@ -61,70 +112,46 @@ class _ClassScores(nn.Module):
         self.model = model
 
     def forward(self, x):
-        from .api import class_scores
         return class_scores(self.model(x))
 
 
-def explain(model: nn.Module, inputs: torch.Tensor, target, method: str,
-            layer: str | None = None, **options):
-    from .api import (Explanation, _check_finite, _options, _targets, _warn_if_training,
-                      check_batch, class_scores, exact_float32)
-    opts = _options(method, METHODS[method], options)
-    attribute = _ATTRIBUTE[method]
-    if layer is not None:
-        attribute = _layer_variant(model, method, layer)
-    check_batch(model, inputs)
-    _warn_if_training(model)
-    _warn_if_unhandled(model, method)
-    scores_model = _ClassScores(model)
-    with torch.inference_mode(False), eval_mode(model), exact_float32():
-        x = inputs.clone() if inputs.is_inference() else inputs
-        with torch.no_grad():
-            try:
-                logits = model(x)
-            except Exception as e:  # the model's own error on these inputs
-                raise ValueError(f"the model could not run on inputs of shape "
-                                 f"{tuple(inputs.shape)}: {type(e).__name__}: {e}") from None
-            _check_finite(logits)
-            scores = class_scores(logits)
-        tgt = _targets(target, scores)
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Captum announces the hooks it sets and removes; relprop says what it computes.
-            warnings.filterwarnings("ignore", message=".*(hooks|require gradients)",
-                                    category=UserWarning)
-            try:
-                leaf = x.detach().requires_grad_()  # a new tensor: the caller's is not touched
-                attribution = attribute(scores_model, leaf, tgt, opts)
-            except (RuntimeError, AssertionError, TypeError) as e:
-                hint = ""
-                if method == "deeplift" and "input/output attributes" in str(e):
-                    hint = (" (Captum's DeepLift needs every ReLU module to be called once per "
-                            "forward pass; this model calls one several times, and torch.fx "
-                            "could not trace it to give each call a ReLU of its own)")
-                raise ValueError(f"Captum cannot compute '{method}' on {type(model).__name__}"
-                                 f"{hint}: {type(e).__name__}: {e}") from None
-    score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
-    return Explanation(attribution.detach(), tgt, score, logits.detach(), method)
+def _submodule(runs: nn.Module, model: nn.Module, layer: str, method: str) -> nn.Module:
+    """``layer`` in the module Captum runs (``runs``). Where that is a torch.fx copy of the
+    user's ``model`` (DeepLift), a container the copy does not call as a whole is refused in
+    words: Captum's hook on it would never fire."""
+    module = runs.get_submodule(layer)
+    if module is not model.get_submodule(layer):
+        raise ValueError(f"{method}: layer '{layer}' is a container that relprop's copy of the "
+                         "model does not call as a whole; pass a module it calls, such as a "
+                         "convolution or an activation")
+    return module
 
 
-def _gradient(f, x, target, opts):
-    from captum.attr import Saliency
-    return Saliency(f).attribute(x, target=target, abs=False)
+def _gradient(f, x, target, opts, layer):
+    from captum import attr
+    if layer is None:
+        return attr.Saliency(f).attribute(x, target=target, abs=False)
+    return attr.LayerGradientXActivation(f, layer, multiply_by_inputs=False).attribute(
+        x, target=target)
 
 
-def _gradient_x_input(f, x, target, opts):
-    from captum.attr import InputXGradient
-    return InputXGradient(f).attribute(x, target=target)
+def _gradient_x_input(f, x, target, opts, layer):
+    from captum import attr
+    if layer is None:
+        return attr.InputXGradient(f).attribute(x, target=target)
+    return attr.LayerGradientXActivation(f, layer).attribute(x, target=target)
 
 
-def _integrated_gradients(f, x, target, opts):
-    from captum.attr import IntegratedGradients
+def _integrated_gradients(f, x, target, opts, layer):
+    from captum import attr
+    method = attr.IntegratedGradients(f) if layer is None else \
+        attr.LayerIntegratedGradients(f, layer)
     # One batch of the caller's size per step: memory like a gradient's, not steps times it.
-    return IntegratedGradients(f).attribute(x, baselines=opts["baseline"], target=target,
-                                            n_steps=opts["steps"], internal_batch_size=len(x))
+    return method.attribute(x, baselines=opts["baseline"], target=target, n_steps=opts["steps"],
+                            internal_batch_size=len(x))
 
 
-def _smoothgrad(f, x, target, opts):
+def _smoothgrad(f, x, target, opts, layer):
     """SmoothGrad: the gradient averaged over noisy copies of the input; the noise's standard
     deviation is ``noise`` times each image's value range, seeded without touching the
     caller's random state."""
@@ -139,15 +166,15 @@ def _smoothgrad(f, x, target, opts):
             target=target, abs=False, nt_samples_batch_size=1)  # one noisy batch at a time
 
 
-def _guided_backprop(f, x, target, opts):
+def _guided_backprop(f, x, target, opts, layer):
     from captum.attr import GuidedBackprop
     return GuidedBackprop(f).attribute(x, target=target)
 
 
-def _deeplift(f, x, target, opts):
-    from captum.attr import DeepLift
-    return DeepLift(_ClassScores(one_relu_per_call(f.model))).attribute(
-        x, baselines=opts["baseline"], target=target)
+def _deeplift(f, x, target, opts, layer):
+    from captum import attr
+    method = attr.DeepLift(f) if layer is None else attr.LayerDeepLift(f, layer)
+    return method.attribute(x, baselines=opts["baseline"], target=target)
 
 
 def one_relu_per_call(model: nn.Module) -> nn.Module:
@@ -173,60 +200,77 @@ def one_relu_per_call(model: nn.Module) -> nn.Module:
     return gm
 
 
-def _grad_cam(f, x, target, opts):
-    """Grad-CAM at the last convolution (found from the traced graph unless ``layer`` names a
-    module), ReLU'd and upsampled to the input; spread evenly over the colour channels so that the
-    heat map is the CAM."""
+def _grad_cam(f, x, target, opts, layer):
+    """Grad-CAM at ``target_layer`` (default: the last convolution of the traced graph), ReLU'd
+    and upsampled to the input, spread evenly over the colour channels so that the heat map is
+    the CAM; with ``layer=``, the CAM at that layer, at its own resolution."""
     from captum.attr import LayerAttribution, LayerGradCam
-    path = opts["layer"] or last_convolution(f.model)
+    if layer is not None:
+        if opts["target_layer"] is not None:
+            raise ValueError("grad-cam takes layer= (the CAM at that layer's resolution) or "
+                             "target_layer= (the CAM there, upsampled to the input), not both")
+        return LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
+    path = opts["target_layer"] or last_convolution(f.model)
     try:
-        layer = f.model.get_submodule(path)
+        at = f.model.get_submodule(path)
     except AttributeError:
-        raise ValueError(f"grad-cam: the model has no module '{path}'; pass layer= a module path "
-                         "such as 'features.28'") from None
-    cam = LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
+        raise ValueError(f"grad-cam: the model has no module '{path}'; pass target_layer= a "
+                         f"module path such as '{last_convolution(f.model)}'") from None
+    cam = LayerGradCam(f, at).attribute(x, target=target, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
     return cam.expand_as(x) / x.shape[1]
 
 
 def last_convolution(model: nn.Module) -> str:
     """The module path of the last convolution in the model's traced graph."""
-    convs = [op.module_path for op in trace(model).ops if op.kind == "conv" and op.module_path]
+    convs = [op.module_path for op in traced(model).ops if op.kind == "conv" and op.module_path]
     if not convs:
         raise ValueError("grad-cam needs a convolution; this model has none that is a module")
     return convs[-1]
 
 
-def _layer_variant(model, method, layer):
-    """Captum's layer variant of ``method`` at the module ``layer``: the attribution of that
-    layer's output."""
-    from captum import attr
-    variants = {
-        "gradient": lambda f, m: attr.LayerGradientXActivation(f, m, multiply_by_inputs=False),
-        "gradient-x-input": attr.LayerGradientXActivation,
-        "integrated-gradients": attr.LayerIntegratedGradients,
-        "deeplift": attr.LayerDeepLift, "grad-cam": attr.LayerGradCam}
-    if method not in variants:
-        raise ValueError(f"Captum has no layer variant of '{method}'; layer= works with the "
-                         f"propagation methods and {', '.join(variants)}")
-    try:
-        model.get_submodule(layer)  # checked now: an unknown layer fails before any work
-    except AttributeError:
-        raise ValueError(f"layer '{layer}' is not a module path of {type(model).__name__} (e.g. "
-                         f"'{last_convolution(model)}')") from None
-
-    def attribute(f, x, target, opts):
-        extra = {"relu_attributions": True} if method == "grad-cam" else {}
-        if "baseline" in opts:
-            extra["baselines"] = opts["baseline"]
-        if "steps" in opts:
-            extra["n_steps"] = opts["steps"]
-        found = variants[method](f, f.model.get_submodule(layer)).attribute(
-            x, target=target, **extra)
-        return found[0] if isinstance(found, tuple) else found
-    return attribute
+def _register(name: str, recipe: Recipe, summary: str, options: dict | None = None,
+              supports_layer: bool = False) -> None:
+    def build(model: nn.Module, method: str, **given) -> CaptumExplainer:
+        return CaptumExplainer(model, method, recipe, **given)
+    register_method(name, build, family="gradient", summary=summary, options=options or {},
+                    supports_layer=supports_layer)
 
 
-_ATTRIBUTE = {"gradient": _gradient, "gradient-x-input": _gradient_x_input,
-              "integrated-gradients": _integrated_gradients, "smoothgrad": _smoothgrad,
-              "guided-backprop": _guided_backprop, "deeplift": _deeplift, "grad-cam": _grad_cam}
+_BASELINE = {"baseline": (0.0, "the reference input (a number or a tensor like the input)")}
+_register("gradient", Recipe(_gradient), supports_layer=True,
+          summary="the plain gradient of the score (Captum's Saliency, signed): where a small "
+                  "change would change the score, not what the score is made of.")
+_register("gradient-x-input", Recipe(_gradient_x_input), supports_layer=True,
+          summary="gradient times input: a first-order decomposition; equals LRP-0 in ReLU "
+                  "networks without biases.")
+_register("integrated-gradients", Recipe(_integrated_gradients), supports_layer=True,
+          options={"steps": (50, "points on the path from the baseline"), **_BASELINE},
+          summary="the gradient integrated from a baseline to the input: complete (sums to the "
+                  "score's difference from the baseline), slower; one batch of the caller's "
+                  "size per step.")
+_register("smoothgrad", Recipe(_smoothgrad),
+          options={"samples": (25, "noisy copies averaged"),
+                   "noise": (0.15, "the noise's standard deviation, as a share of the image's "
+                                   "value range"),
+                   "seed": (0, "the noise's seed (the caller's random state is not touched)")},
+          summary="the gradient averaged over noisy copies: less noisy gradients.")
+_register("guided-backprop",
+          Recipe(_guided_backprop, hooks=True, handles=(nn.ReLU,), falls_back_to="gradient"),
+          summary="the gradient with negative signals stopped at every ReLU: sharp pictures of "
+                  "edges, largely class-independent.")
+_register("deeplift",
+          Recipe(_deeplift, hooks=True, wrap=one_relu_per_call,
+                 handles=(nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus),
+                 falls_back_to="gradient-x-input"),
+          options=_BASELINE, supports_layer=True,
+          summary="DeepLift (Captum, rescale rule): complete like integrated gradients, in one "
+                  "pass. Captum's DeepLift cannot take a ReLU module called several times "
+                  "(torchvision's ResNet blocks), so relprop hands it a torch.fx copy of the "
+                  "graph with one ReLU per call (sharing the model's weights), with `layer=` "
+                  "too.")
+_register("grad-cam", Recipe(_grad_cam, hooks=True), supports_layer=True,
+          options={"target_layer": (None, "the module path the CAM is computed at (None: the "
+                                           "last convolution of the traced graph)")},
+          summary="Grad-CAM, upsampled to the input: coarse class localisation, no pixel detail; "
+                  "`layer=` gives the CAM at that layer's own resolution.")

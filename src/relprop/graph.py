@@ -10,6 +10,7 @@ compute shapes or sizes are ``meta``: both run in the forward pass but carry no 
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from contextlib import contextmanager
 
@@ -19,8 +20,9 @@ import torch.nn as nn
 
 from .errors import UnsupportedOperation, UntraceableModel
 from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names
-from .ops import (_ARITHMETIC, _FUNCTIONS, _INPLACE, _META_FUNCTIONS, _META_METHODS, _METHODS,
-                  LAYER_KINDS, Normalised, _Unsupported, module_normaliser)
+from . import ops as vocabulary
+from .ops import (LAYER_KINDS, Normalised, UnsupportedCall, is_meta_call, module_normaliser,
+                  mutates_receiver, normalise_call)
 
 
 class _Tracer(fx.Tracer):
@@ -66,6 +68,24 @@ def trace(model: nn.Module) -> Graph:
             "it with torch.fx.wrap."
         ) from e
     return _normalise(graph, model)
+
+
+_TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_TRACE_LOCK = threading.Lock()
+
+
+def traced(model: nn.Module) -> Graph:
+    """The traced graph of ``model``, one per model, shared by every method and thread: traced
+    again only where the module tree changed (a replaced head) or an op was registered since.
+    Held weakly: a model the caller drops is freed with its graph."""
+    model = unwrap(model)
+    with _TRACE_LOCK:
+        entry = _TRACES.get(model)
+        if entry is not None and entry[1] == vocabulary.version() and entry[0].matches(model):
+            return entry[2]
+        graph = trace(model)
+        _TRACES[model] = (ModuleTree(model), vocabulary.version(), graph)
+        return graph
 
 
 class ModuleTree:
@@ -151,7 +171,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             status[node.name] = "meta" if "meta" in deps else "constant"
             norm = _generic_call(node, root, args, kwargs)
             kind = status[node.name]
-        elif _is_meta(node):
+        elif is_meta_call(node.op, node.target):
             status[node.name] = "meta"
             norm = _generic_call(node, root, args, kwargs)
             kind = "meta"
@@ -159,7 +179,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             status[node.name] = "tensor"
             try:
                 norm = _normalise_node(node, root, args, kwargs)
-            except _Unsupported as e:
+            except UnsupportedCall as e:
                 raise UnsupportedOperation(source, node.name, path, reason=str(e)) from None
             if norm is None:
                 raise UnsupportedOperation(source, node.name, path)
@@ -171,7 +191,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
         fn = ModuleCall(norm.fn) if isinstance(norm.fn, nn.Module) else norm.fn
         ops.append(Op(node.name, kind, fn, norm.args, norm.kwargs, inputs, source, path,
                       sign=norm.sign))
-        if _mutates_receiver(node) and isinstance(args[0], Ref):
+        if mutates_receiver(node.op, node.target, node.kwargs) and isinstance(args[0], Ref):
             alias[args[0].name] = node.name
 
     ops = _prune(ops, output_name)
@@ -183,26 +203,6 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
 def _fetch_attr(root: nn.Module, target: str) -> Attr:
     owner, _, name = target.rpartition(".")
     return Attr(root.get_submodule(owner) if owner else root, name)
-
-
-def _is_meta(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in _META_METHODS
-    if node.op == "call_function":
-        if node.target is getattr:
-            return True
-        return node.target in _META_FUNCTIONS
-    return False
-
-
-def _mutates_receiver(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return str(node.target).endswith("_") and not str(node.target).endswith("__")
-    if node.op == "call_function":
-        return node.target in _INPLACE or node.kwargs.get("inplace") is True
-    if node.op == "call_module":
-        return False  # module results are assigned; torch.nn modules' in-place flags are dropped
-    return False
 
 
 def _generic_call(node, root, args, kwargs) -> Normalised:
@@ -218,24 +218,8 @@ def _generic_call(node, root, args, kwargs) -> Normalised:
 
 
 def _normalise_node(node, root, args, kwargs) -> Normalised | None:
-    if node.op == "call_module":
-        m = root.get_submodule(node.target)
-        f = module_normaliser(m)
-        return f(m, args, kwargs) if f else None
-    key = node.target
-    if node.op == "call_function":
-        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-    if key in _ARITHMETIC:
-        return _arithmetic(_ARITHMETIC[key], args, kwargs)
-    f = _METHODS.get(key) if node.op == "call_method" else _FUNCTIONS.get(key)
-    return f(args, kwargs) if f else None
-
-
-def _arithmetic(fn, args, kwargs) -> Normalised:
-    if kwargs.get("alpha", 1) != 1:
-        raise _Unsupported("add/sub with alpha != 1")
-    # Which operands are tensors of the input is settled in _prune, once every node is known.
-    return Normalised("arith", fn, (args[0], args[1]), {})
+    module = root.get_submodule(node.target) if node.op == "call_module" else None
+    return normalise_call(node.op, node.target, module, args, kwargs)
 
 
 def _prune(ops: list[Op], output: str) -> list[Op]:

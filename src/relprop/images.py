@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # one channel, 0..65535
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white
+# The files a folder of images is taken to hold (evaluate's --data, serve's --images).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 class UnreadableImage(ValueError):

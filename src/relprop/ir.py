@@ -77,7 +77,7 @@ class Op:
     input_nonneg: bool = False  # every input is known to be >= 0
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: plans are cached per graph
 class Graph:
     ops: list[Op]
     input: str

@@ -51,6 +51,7 @@ _MODULES: dict[type, Callable[[nn.Module, tuple, dict], Normalised]] = {}
 _FUNCTIONS: dict[Any, Callable[[tuple, dict], Normalised]] = {}
 _METHODS: dict[str, Callable[[tuple, dict], Normalised]] = {}
 _SIGN_BY_KIND = {"passthrough": "same", "pool": "same", "movement": "same"}
+_VERSION = [0]  # counts registrations (see version())
 
 
 def register_op(target, kind: str, *, sign: str | None = None) -> None:
@@ -70,6 +71,7 @@ def register_op(target, kind: str, *, sign: str | None = None) -> None:
     else:
         raise TypeError(f"register_op expects a module class, a function or a method name, "
                         f"got {target!r}")
+    _VERSION[0] += 1
 
 
 def _module(*types):
@@ -121,11 +123,11 @@ def _conv(args, kwargs) -> Normalised:
     dilation, padding = _pair(b["dilation"]), b["padding"]
     if isinstance(padding, str):
         if isinstance(b["weight"], Ref):
-            raise _Unsupported(f"padding='{padding}' with a computed weight")
+            raise UnsupportedCall(f"padding='{padding}' with a computed weight")
         weight = b["weight"].get() if isinstance(b["weight"], Attr) else b["weight"]
         padding = _conv_padding(padding, weight.shape, dilation)
         if padding is None:
-            raise _Unsupported("padding='same' that pads unevenly")
+            raise UnsupportedCall("padding='same' that pads unevenly")
     return Normalised("conv", F.conv2d, (b["input"], b["weight"], b["bias"]),
                       {"stride": _pair(b["stride"]), "padding": _pair(padding),
                        "dilation": dilation, "groups": b["groups"]})
@@ -134,7 +136,7 @@ def _conv(args, kwargs) -> Normalised:
 @_module(nn.Conv2d)
 def _conv_module(m: nn.Conv2d, args, kwargs):
     if m.padding_mode != "zeros":
-        raise _Unsupported(f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
+        raise UnsupportedCall(f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
     return _conv((args[0], Attr(m, "weight"), Attr(m, "bias"), m.stride, m.padding, m.dilation,
                   m.groups), {})
 
@@ -156,7 +158,7 @@ def _linear_module(m, args, kwargs):
 @_module(nn.BatchNorm1d, nn.BatchNorm2d)
 def _batchnorm_module(m, args, kwargs):
     if m.running_mean is None:
-        raise _Unsupported("BatchNorm without running statistics computes batch statistics")
+        raise UnsupportedCall("BatchNorm without running statistics computes batch statistics")
     return _batchnorm((args[0], *(Attr(m, n) for n in ("running_mean", "running_var", "weight",
                                                         "bias"))), {"eps": m.eps})
 
@@ -167,7 +169,7 @@ def _batchnorm(args, kwargs):
                              "training", "momentum", "eps"),
               {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
     if b["training"] is True:
-        raise _Unsupported("batch_norm(training=True) uses batch statistics")
+        raise UnsupportedCall("batch_norm(training=True) uses batch statistics")
     return Normalised("batchnorm", F.batch_norm,
                       (b["input"], b["running_mean"], b["running_var"], b["weight"], b["bias"]),
                       {"training": False, "momentum": 0.0, "eps": b["eps"]})
@@ -212,14 +214,14 @@ def _identity_module(m, args, kwargs):
          nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
 def _pool_module(m, args, kwargs):
     if getattr(m, "return_indices", False):
-        raise _Unsupported("pooling with return_indices=True")
+        raise UnsupportedCall("pooling with return_indices=True")
     return Normalised("pool", m, (args[0],), {}, "same")
 
 
 def _pool(fn):
     def norm(args, kwargs):
         if kwargs.get("return_indices"):
-            raise _Unsupported("pooling with return_indices=True")
+            raise UnsupportedCall("pooling with return_indices=True")
         return Normalised("pool", fn, tuple(args), dict(kwargs), "same")
     return norm
 
@@ -256,7 +258,7 @@ for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "
 def _pad(args, kwargs):
     b = _bind(args, kwargs, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
     if b["mode"] != "constant":
-        raise _Unsupported(f"F.pad(mode='{b['mode']}') copies pixels; only constant padding "
+        raise UnsupportedCall(f"F.pad(mode='{b['mode']}') copies pixels; only constant padding "
                            "is supported")
     return Normalised("movement", F.pad, (b["input"], b["pad"]), {"value": b["value"] or 0.0},
                       "same" if not b["value"] else "any")
@@ -282,8 +284,57 @@ _META_METHODS = {"size", "dim", "numel"}
 _INPLACE = {operator.iadd, operator.imul, torch.relu_, F.relu_, F.hardtanh_}
 
 
-class _Unsupported(Exception):
-    """Raised inside a normaliser; turned into UnsupportedOperation with the node's context."""
+class UnsupportedCall(Exception):
+    """Raised by a normaliser for a call whose settings relprop cannot explain; the tracer
+    turns it into UnsupportedOperation with the node's context."""
+
+
+def version() -> int:
+    """A number that changes with every registration, so that graphs traced before one are
+    traced again."""
+    return _VERSION[0]
+
+
+def normalise_call(kind: str, target, module: nn.Module | None, args, kwargs
+                   ) -> Normalised | None:
+    """The op of a traced call (``kind`` as torch.fx says: call_module, call_method,
+    call_function; ``module`` the called module for call_module), or None where relprop has no
+    op for it. Raises :data:`UnsupportedCall` for a known call with settings relprop cannot
+    explain."""
+    if kind == "call_module":
+        f = module_normaliser(module)
+        return f(module, args, kwargs) if f else None
+    if kind == "call_function":
+        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    if target in _ARITHMETIC:
+        return _arithmetic(_ARITHMETIC[target], args, kwargs)
+    f = _METHODS.get(target) if kind == "call_method" else _FUNCTIONS.get(target)
+    return f(args, kwargs) if f else None
+
+
+def _arithmetic(fn, args, kwargs) -> Normalised:
+    if kwargs.get("alpha", 1) != 1:
+        raise UnsupportedCall("add/sub with alpha != 1")
+    # Which operands are tensors of the input is settled once every node is known.
+    return Normalised("arith", fn, (args[0], args[1]), {})
+
+
+def is_meta_call(kind: str, target) -> bool:
+    """Whether a call only looks at shapes or sizes."""
+    if kind == "call_method":
+        return target in _META_METHODS
+    if kind == "call_function":
+        return target is getattr or target in _META_FUNCTIONS
+    return False
+
+
+def mutates_receiver(kind: str, target, kwargs) -> bool:
+    """Whether a call changes its first argument in place (``x.relu_()``, ``x += y``)."""
+    if kind == "call_method":
+        return str(target).endswith("_") and not str(target).endswith("__")
+    if kind == "call_function":
+        return target in _INPLACE or kwargs.get("inplace") is True
+    return False  # module results are assigned; torch.nn modules' in-place flags are dropped
 
 
 def module_normaliser(m: nn.Module):

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+from ..images import IMAGE_SUFFIXES
+
 
 
 def pixel_range(preprocess, size: int) -> tuple[list[float], list[float]]:

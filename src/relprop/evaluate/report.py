@@ -4,26 +4,15 @@ the table it prints, also as metrics.md."""
 from __future__ import annotations
 
 import csv
-import json
-import math
 from pathlib import Path
+
+from ..outputs import write_json
 
 ROW_FIELDS = ("index", "image", "file", "target", "method", "metric", "value")
 
 
-def strict_json(value):
-    """``value`` ready for strict JSON (no NaN/Infinity): undefined figures become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def write_metrics(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False))
+    write_json(path, record)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from ..api import class_scores
+from ..explanation import class_scores
 from ..images import UnreadableImage, load_image
 from ..plot import input_view
 from . import perturbation as pert

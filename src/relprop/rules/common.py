@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import resolve
-from . import WITH_BFLOAT16, register_rule
+from .registry import WITH_BFLOAT16, register_rule
 from .algebra import sdiv
 
 

@@ -13,29 +13,50 @@ layer ``low``/``high`` (default: each image's own minimum and maximum).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from ..ir import ModuleCall, resolve
-from . import register_analysis, register_rule
+from ..registry import Option
+from .registry import register_analysis, register_rule
 from .common import input_vjp, operand_shares
 from .algebra import lin, lin_t, stabilize
 
-# method -> (rule for convolutions, rule for Linear layers, rule for the first layer or None)
+EPSILON = Option("epsilon", 1e-6, "ε of the ε-rule")
+STABILIZER = Option("stabilizer", 1e-6, "added to every other denominator")
+GAMMA = Option("gamma", 0.25, "how much the γ-rule boosts the contributions of the output's sign")
+LOW = Option("low", None, "z^B's lower bound of the input (None: each image's minimum)")
+HIGH = Option("high", None, "z^B's upper bound of the input (None: each image's maximum)")
+BASIC = (EPSILON, STABILIZER)
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A rule for convolutions, one for Linear layers, one for the first layer (or None), and
+    the options those rules read: a composite takes no option that none of its rules reads."""
+
+    conv: str
+    linear: str
+    first: str | None
+    options: tuple[Option, ...] = BASIC
+
+
 COMPOSITES = {
-    "lrp-epsilon": ("epsilon", "epsilon", None),
-    "lrp-epsilon-plus": ("zplus", "epsilon", None),
-    "lrp-epsilon-plus-flat": ("zplus", "epsilon", "flat"),
-    "lrp-epsilon-alpha2beta1": ("alpha2beta1", "epsilon", None),
-    "lrp-epsilon-alpha2beta1-flat": ("alpha2beta1", "epsilon", "flat"),
-    "lrp-epsilon-gamma-box": ("gamma", "epsilon", "zbox"),
+    "lrp-epsilon": Composite("epsilon", "epsilon", None),
+    "lrp-epsilon-plus": Composite("zplus", "epsilon", None),
+    "lrp-epsilon-plus-flat": Composite("zplus", "epsilon", "flat"),
+    "lrp-epsilon-alpha2beta1": Composite("alpha2beta1", "epsilon", None),
+    "lrp-epsilon-alpha2beta1-flat": Composite("alpha2beta1", "epsilon", "flat"),
+    "lrp-epsilon-gamma-box": Composite("gamma", "epsilon", "zbox", BASIC + (GAMMA, LOW, HIGH)),
 }
-DEFAULTS = {"epsilon": 1e-6, "stabilizer": 1e-6, "gamma": 0.25, "low": None, "high": None}
 
 
 def analyse(method: str, graph) -> dict:
     """Which rule each layer gets, and the BatchNorm folded into it."""
-    conv_rule, linear_rule, first_rule = COMPOSITES[method]
+    composite = COMPOSITES[method]
+    conv_rule, linear_rule, first_rule = composite.conv, composite.linear, composite.first
     notes = {}
     users: dict[str, int] = {}
     for op in graph.ops:

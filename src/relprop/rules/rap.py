@@ -14,7 +14,7 @@ from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
 from ..ir import resolve
 from ..ops import pad_spec
-from . import WITH_BFLOAT16, derive, register_analysis, register_rule
+from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import operand_shares
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 

@@ -6,9 +6,9 @@ FastAPI with uvicorn rather than Gradio: the page is one static HTML/JS file ove
 that scripts call (``POST /api/explain``), so what a script gets is what the page shows; FastAPI's
 test client tests that API in-process; nothing is fetched from the network (no CDN, no npm build).
 
-The model is loaded once and used under one lock: relprop's explainers keep state per model and
-are not thread safe, so concurrent requests are answered one model pass at a time. Reading the
-upload and drawing the PNGs happen outside the lock.
+The model is loaded once. relprop's explainers keep no per-call state, so requests run side by
+side; only a method that hooks the model's modules while it runs (Captum's guided backprop,
+DeepLift, Grad-CAM, its layer variants) has the model to itself meanwhile (:class:`ModelLock`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import io
 import socket
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,10 +30,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from . import api, models, plot
-from .cli import SAMPLES, _device, _Failure, _load_model, _memory, _sample, _target
-from .graph import trace
-from .images import UnreadableImage, load_image
+from .. import api, models, plot, prepare
+from ..errors import UnsupportedOperation, UntraceableModel
+from ..explanation import Explanation, class_scores
+from ..graph import traced
+from ..images import IMAGE_SUFFIXES, UnreadableImage, load_image
+from ..registry import get_method, methods
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 20 * 2**20  # one photo from any camera; more is refused before it is read
@@ -66,9 +69,9 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
     without a server. ``images_dir``'s image files are offered as samples by file name."""
     device = torch.device(device)
     spec = models.spec(model_name)
-    lock = threading.Lock()
-    all_methods = api.methods()
-    layers = list(dict.fromkeys(op.module_path for op in trace(model).ops
+    lock = ModelLock()
+    all_methods = methods()
+    layers = list(dict.fromkeys(op.module_path for op in traced(model).ops
                                 if op.kind == "conv" and op.module_path))
     samples = _samples(images_dir)
 
@@ -95,8 +98,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
     def methods_endpoint():
         """Every method, and the layers (module paths, input first to output last) whose
         relevance the propagation methods can show."""
-        return {"methods": [{"name": m, "family": "propagation" if m in api.PROPAGATION
-                             else "gradient"} for m in all_methods],
+        return {"methods": [{"name": m, "family": get_method(m).family} for m in all_methods],
                 "layers": layers}
 
     @app.get("/api/samples")
@@ -137,7 +139,8 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
                           f"{', '.join(RELEVANCE_FORMATS)}")
         index = _class_index(target, class_names)
         layer = layer or None
-        if layer is not None and method in api.PROPAGATION and layer not in layers:
+        if layer is not None and get_method(method).family == "propagation" \
+                and layer not in layers:
             raise Refused(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
         if image is None:
             raise Refused("no image: send the picture as a file in the multipart form field "
@@ -149,27 +152,61 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
             raise Refused(f"the image could not be prepared for {model_name}: "
                           f"{type(e).__name__}: {e}") from None
         view = plot.input_view(picture, spec.resize, spec.input_size)
-        with lock:
-            try:
-                with _memory(f"explaining one image on {device}", "serve with --device cpu"):
-                    e = api.explain(model, x, index, method, layer=layer)
-            except ValueError as error:
-                raise Refused(str(error)) from None
-            except _Failure as error:
-                raise Refused(str(error), 503) from None
+        try:
+            exclusive = api.explainer(model, method).exclusive(layer)
+            with lock.held(exclusive), prepare.out_of_memory(
+                    f"explaining one image on {device}", "serve with --device cpu"):
+                e = api.explain(model, x, index, method, layer=layer)
+        except prepare.OutOfMemory as error:
+            raise Refused(error.phrased(""), 503) from None
+        except (ValueError, UnsupportedOperation, UntraceableModel) as error:
+            raise Refused(str(error)) from None
         return _answer(e, view, class_names, model_name, method, layer, sign, opacity,
                        relevance)
 
     return app
 
 
+class ModelLock:
+    """Calls that only read the model share it; a call that hooks its modules has it alone,
+    since its hooks would act on any other pass through the model meanwhile. A waiting
+    exclusive call goes before shared calls that come after it."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._sharing = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive calls waiting
+
+    @contextmanager
+    def held(self, exclusive: bool):
+        with self._changed:
+            if exclusive:
+                self._waiting += 1
+                self._changed.wait_for(lambda: not self._exclusive and self._sharing == 0)
+                self._waiting -= 1
+                self._exclusive = True
+            else:
+                self._changed.wait_for(lambda: not self._exclusive and self._waiting == 0)
+                self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._sharing -= 1
+                self._changed.notify_all()
+
+
 def _class_index(text: str | None, class_names: list[str]) -> int | None:
-    """The class a request names, by index or exact name: the CLI's check, in the API's words."""
+    """The class a request names, by index or exact name, in the API's words."""
     try:
-        return _target(text, class_names)
-    except _Failure as e:
-        raise Refused(str(e).replace("--target", "target") +
-                      " (GET /api/models lists the class names in index order)") from None
+        return prepare.target(text, class_names)
+    except prepare.SetupError as e:
+        raise Refused(e.phrased("") + " (GET /api/models lists the class names in index "
+                      "order)") from None
 
 
 def _read_upload(data: bytes, min_size: int) -> Image.Image:
@@ -197,7 +234,7 @@ def _read_upload(data: bytes, min_size: int) -> Image.Image:
         raise Refused(f"the upload is {e}") from None
 
 
-def _answer(e: api.Explanation, view: Image.Image, class_names, model_name, method, layer,
+def _answer(e: Explanation, view: Image.Image, class_names, model_name, method, layer,
             sign, opacity, relevance) -> dict:
     """The JSON of one explanation: numbers, the maps as base64 PNGs at the input's size, and
     the raw relevance as asked."""
@@ -213,7 +250,7 @@ def _answer(e: api.Explanation, view: Image.Image, class_names, model_name, meth
     layer_image, limit = overlay_layer(heat, shown)
     probs = e.probabilities[0].float().cpu()
     top = probs.topk(min(TOP, len(probs)))
-    scores = api.class_scores(e.logits)[0].float().cpu()
+    scores = class_scores(e.logits)[0].float().cpu()
     r = e.relevance[0].detach().float().cpu()
     t = int(e.target[0])
     answer = {
@@ -266,12 +303,12 @@ def _png(picture: Image.Image) -> str:
 
 def _samples(images_dir) -> dict[str, Sample]:
     """scikit-image's photos, then the image files directly in ``images_dir``, by name."""
-    found = {name: Sample(name, "scikit-image", _skimage_reader(name)) for name in SAMPLES}
+    found = {name: Sample(name, "scikit-image", _skimage_reader(name))
+             for name in prepare.SAMPLES}
     if images_dir is None:
         return found
-    suffixes = {s for s, f in Image.registered_extensions().items() if f in Image.OPEN}
     for path in sorted(Path(images_dir).iterdir()):
-        if path.is_file() and path.suffix.lower() in suffixes and path.name not in found:
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path.name not in found:
             found[path.name] = Sample(path.name, "folder", _file_reader(path))
     return found
 
@@ -279,7 +316,7 @@ def _samples(images_dir) -> dict[str, Sample]:
 def _skimage_reader(name: str):
     def read():
         buffer = io.BytesIO()
-        _sample(name).save(buffer, format="PNG")
+        prepare.read_sample(name).save(buffer, format="PNG")
         return buffer.getvalue(), "image/png"
     return read
 
@@ -353,29 +390,35 @@ def _field_problem(error: dict) -> str:
     return f"{field}: {error['msg']}"
 
 
-def serve(args) -> int:
-    """``relprop serve``: check the options, listen, load the model once, serve until Ctrl+C."""
+def run(model: str | None = None, weights: str | None = None, device: str | None = None,
+        images: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+        say: Callable[[str], None] = lambda line: print(f"relprop: {line}", file=sys.stderr)
+        ) -> int:
+    """Check the settings, listen, load the model once, serve until Ctrl+C. A setting that
+    cannot work raises :class:`relprop.prepare.SetupError` before the model is loaded; ``say``
+    tells the user what happens."""
     import uvicorn
-    device = _device(args.device)
-    images_dir = args.images
-    if images_dir is not None and not Path(images_dir).is_dir():
-        raise _Failure(f"--images {images_dir} is not a folder; pass a folder of images")
-    sock = _listen(args.host, args.port)
+    where = prepare.device(device)
+    if images is not None and not Path(images).is_dir():
+        raise prepare.SetupError(f"{images} is not a folder; pass a folder of images", "images")
+    sock = _listen(host, port)
     try:
-        name, (model, preprocess, class_names) = _load_model(args)
-        with _memory(f"moving {name} to {device}", "use --device cpu"):
-            model = model.to(device)
-        app = create_app(name, model, preprocess, class_names, device, images_dir)
+        loaded = prepare.load_model(model, weights)
+        if loaded.notice:
+            say(loaded.notice)
+        with prepare.out_of_memory(f"moving {loaded.name} to {where}", "use --device cpu"):
+            on_device = loaded.model.to(where)
+        app = create_app(loaded.name, on_device, loaded.preprocess, loaded.class_names, where,
+                         images)
     except BaseException:
         sock.close()
         raise
-    host, port = sock.getsockname()[:2]
-    shown_host = f"[{host}]" if ":" in host else host
-    print(f"relprop: serving {name} on {device} at http://{shown_host}:{port}/ (Ctrl+C stops)",
-          file=sys.stderr)
-    if args.host not in LOCAL_HOSTS:
-        print(f"relprop: --host {args.host}: other machines can reach this page and use this "
-              "machine's processors", file=sys.stderr)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    say(f"serving {loaded.name} on {where} at http://{shown_host}:{bound_port}/ (Ctrl+C stops)")
+    if host not in LOCAL_HOSTS:
+        say(f"--host {host}: other machines can reach this page and use this machine's "
+            "processors")
     config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
     return 0
@@ -384,7 +427,7 @@ def serve(args) -> int:
 def _listen(host: str, port: int) -> socket.socket:
     """A bound socket, so that a port in use or a wrong host is one line before the model loads."""
     if not 0 <= port <= 65535:
-        raise _Failure(f"--port {port} is not a port (0..65535)")
+        raise prepare.SetupError(f"{port} is not a port (0..65535)", "port")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port,
                                                              type=socket.SOCK_STREAM)[0]
@@ -392,6 +435,6 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:
-        raise _Failure(f"cannot listen on {host}:{port}: {e.strerror or e}; pass another --port "
-                       "(or --host)") from None
+        raise prepare.SetupError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass "
+                                 "another --port (or --host)") from None
     return sock

@@ -1,0 +1,238 @@
+"""What the commands that explain images share: their options, the set-up every option is
+checked in before any image is read, reading the images batch by batch, and failures as one
+line."""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .. import models, plot, prepare
+from ..api import explainer as make_explainer
+from ..errors import UnsupportedOperation, UntraceableModel
+from ..images import UnreadableImage, load_image
+
+NAME_BYTES = 100  # output names stay well below file systems' 255-byte limit on a file name
+
+
+class Failure(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 2."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@contextmanager
+def phrased():
+    """The set-up's errors in the command line's words (``--target ...``)."""
+    try:
+        yield
+    except prepare.SetupError as e:
+        raise Failure(e.phrased("--")) from None
+
+
+def model_options(p, device_help="") -> None:
+    """The options of every command that loads a model."""
+    p.add_argument("--model", default=None,
+                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
+                        f"{models.FALLBACK} when its weights cannot be had)")
+    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    p.add_argument("--device", default=None,
+                   help=f"cpu, cuda, cuda:1 ... (default: cuda if available{device_help})")
+
+
+def image_options(p) -> None:
+    """The options every command that reads images shares."""
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help=f"image files (default: scikit-image's {', '.join(prepare.SAMPLES)}), "
+                        "read as an image viewer shows them: EXIF orientation applied, 16-bit "
+                        "images scaled to 8 bits, transparent pixels on a white background")
+    model_options(p)
+    p.add_argument("--target", default=None,
+                   help="class to explain: an index or an exact class name (default: predicted)")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def choices(text, valid, option) -> list[str]:
+    """A comma-separated choice from ``valid``, refused in one line where it names others."""
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in valid]
+    if unknown or not chosen:
+        raise Failure(f"{option}: unknown {', '.join(unknown) or 'nothing given'}; choose from "
+                      f"{', '.join(valid)}")
+    return chosen
+
+
+def load_model(args) -> prepare.LoadedModel:
+    """--model and --weights, with the fallback's notice on stderr."""
+    with phrased():
+        loaded = prepare.load_model(args.model, args.weights)
+    if loaded.notice:
+        print(f"relprop: {loaded.notice}", file=sys.stderr)
+    return loaded
+
+
+def check_out(text) -> Path:
+    """The --out folder, refused before any model work where it cannot be a folder we write in."""
+    if not text.strip():
+        raise Failure("--out is empty; pass a folder (it is created if missing)")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise Failure(f"--out {text} is a file, not a folder; pass a folder (it is created if "
+                      "missing)")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise Failure(f"--out {text} lies under {existing}, which is a file, not a folder; pass "
+                      "a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Failure(f"--out {text}: {existing} is not writable; pass a folder you can write to")
+    return out
+
+
+@contextmanager
+def writing(what):
+    """A failure to write an output becomes one line, exit code 2."""
+    try:
+        yield
+    except OSError as e:
+        raise Failure(f"cannot write {what}: {e.strerror or e}; pass an --out folder you can "
+                      "write to, with free space") from None
+
+
+@dataclass
+class Input:
+    file: str  # as given on the command line; a scikit-image sample's name
+    name: str  # the stem of its output files, unique in this run
+    read: Callable[[], Image.Image]
+
+
+@dataclass
+class Prepared:
+    """One image as the model takes it and as the overlay shows it; the full-size picture is
+    gone by then, so that a batch of large photos does not sit in memory."""
+    source: Input
+    tensor: torch.Tensor
+    view: Image.Image
+
+
+def inputs(paths, min_size: int) -> list[Input]:
+    """One Input per requested image (scikit-image's samples if none), nothing read yet."""
+    if not paths:
+        return [Input(f"skimage.data.{name}", name, partial(prepare.read_sample, name))
+                for name in prepare.SAMPLES]
+    names = output_names([Path(p).stem for p in paths])
+    return [Input(p, name, partial(load_image, p, min_size)) for p, name in zip(paths, names)]
+
+
+def output_names(stems) -> list[str]:
+    """A short, unique output name per input: 'pic', then 'pic-2', 'pic-3' ... for repeats
+    (compared without case, for case-insensitive file systems); long names are cut."""
+    taken, names = set(), []
+    for stem in stems:
+        base = stem.encode("utf-8", "replace")[:NAME_BYTES].decode("utf-8", "ignore") or "image"
+        name, n = base, 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _prepared(items, preprocess, spec, skipped, progress):
+    """Read the inputs one at a time, as the batches need them; an image that cannot be read or
+    prepared is reported, added to ``skipped`` and left out."""
+    for item in items:
+        try:
+            img = item.read()
+            yield Prepared(item, preprocess(img), plot.input_view(img, spec.resize,
+                                                                  spec.input_size))
+        except Exception as e:  # whatever goes wrong with one image skips that image only
+            reason = str(e) if isinstance(e, UnreadableImage) else f"{type(e).__name__}: {e}"
+            reason = one_line(reason)
+            tqdm.write(f"relprop: skipping {item.file}: {reason}", file=sys.stderr)
+            skipped.append({"file": item.file, "reason": reason})
+            progress.update(1)
+
+
+def batches(items, size):
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+@dataclass
+class Job:
+    """What a command that explains images has set up, every option checked, before it reads
+    any image."""
+    name: str  # the model's registry name
+    spec: models.ModelSpec
+    preprocess: Callable
+    class_names: list
+    target: int | None
+    device: torch.device
+    dtype: torch.dtype
+    out: Path
+    explainers: dict  # method -> function from a batch to its Explanation
+    inputs: list
+
+    def batches(self, batch_size, skipped, progress):
+        """(prepared images, their batch on the device) as the run needs them."""
+        for batch in batches(_prepared(self.inputs, self.preprocess, self.spec, skipped,
+                                       progress), batch_size):
+            yield batch, torch.stack([item.tensor for item in batch]).to(self.device, self.dtype)
+
+
+def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
+    if args.batch_size < 1:
+        raise Failure("--batch-size must be at least 1")
+    with phrased():
+        device = prepare.device(args.device)
+    out = check_out(args.out)
+    loaded = load_model(args)
+    with phrased():
+        target = prepare.target(args.target, loaded.class_names)
+        with prepare.out_of_memory(f"moving {loaded.name} to {device}", "use --device cpu"):
+            model = loaded.model.to(device, dtype)
+    explainers = {m: explainer(model, m, dtype, layer) for m in chosen}
+    found = inputs(args.images, models.spec(loaded.name).resize)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    return Job(loaded.name, models.spec(loaded.name), loaded.preprocess, loaded.class_names,
+               target, device, dtype, out, explainers, found)
+
+
+def explainer(model, method, dtype=torch.float32, layer=None):
+    """A function from a batch and its target to its Explanation. Made now, so that an op the
+    method cannot explain, a precision it is not tested in or a layer the model does not have
+    stops the run before any image is read."""
+    try:
+        made = make_explainer(model, method)
+        made.check(dtype=dtype, layer=layer)
+    except (UnsupportedOperation, UntraceableModel, ValueError) as e:
+        raise Failure(str(e)) from None
+    return lambda x, target: made.explain(x, target, layer)
+
+
+def explain_batch(explain, x, target):
+    with phrased(), prepare.out_of_memory(f"explaining {len(x)} images at once on {x.device}",
+                                          "pass a smaller --batch-size"):
+        try:
+            return explain(x, target)
+        except ValueError as err:
+            raise Failure(str(err)) from None
+
+
+__all__ = ["Failure", "one_line", "phrased", "model_options", "image_options", "choices",
+           "load_model", "check_out", "writing", "Input", "Prepared", "inputs", "output_names",
+           "batches", "Job", "job", "explainer", "explain_batch", "NAME_BYTES"]

@@ -1,0 +1,60 @@
+"""``relprop compare [IMAGE ...]``: several methods side by side, one grid."""
+from __future__ import annotations
+
+import json
+import sys
+
+from tqdm import tqdm
+
+from .. import plot
+from ..registry import methods
+from .common import choices, explain_batch, image_options, job, writing
+
+
+def add_parser(sub) -> None:
+    co = sub.add_parser("compare", help="explain images with several methods side by side")
+    image_options(co)
+    co.add_argument("--methods", default=",".join(methods()),
+                    help="comma-separated methods (default: all of them)")
+    co.add_argument("--out", default="relprop-compare",
+                    help="output folder (default: relprop-compare): compare.png (rows: images, "
+                         "columns: methods), NAME_METHOD.png overlays and compare.json")
+    co.set_defaults(run=run)
+
+
+def run(args) -> int:
+    """Every requested method on every image: one grid, one overlay per image and method."""
+    chosen = choices(args.methods, methods(), "--methods")
+    work = job(args, chosen)
+    name, out, class_names, target = work.name, work.out, work.class_names, work.target
+    rows, records, skipped = [], [], []
+    progress = tqdm(total=len(work.inputs), desc=f"compare {name}", unit="img", file=sys.stderr,
+                    disable=len(work.inputs) < 2)
+    for batch, x in work.batches(args.batch_size, skipped, progress):
+        found = {m: explain_batch(work.explainers[m], x, target) for m in chosen}
+        for i, item in enumerate(batch):
+            first = found[chosen[0]]
+            explained = class_names[int(first.target[i])]
+            heat = {m: e.heatmap[i] for m, e in found.items()}
+            record = {"image": item.source.name, "file": item.source.file,
+                      "explained": explained, "score": float(first.score[i]), "methods": {}}
+            for m, e in found.items():
+                path = out / f"{item.source.name}_{m}.png"
+                with writing(path):
+                    plot.overlay_image(item.view, heat[m]).save(path)
+                record["methods"][m] = {"relevance_sum": float(e.relevance[i].sum()),
+                                        "overlay": str(path)}
+            records.append(record)
+            rows.append((f"{item.source.name}: {explained}", item.view, heat))
+        progress.update(len(batch))
+    progress.close()
+    if rows:
+        with writing(out / "compare.png"):
+            plot.grid(rows, chosen, out / "compare.png")
+    with writing(out / "compare.json"):
+        (out / "compare.json").write_text(json.dumps(
+            {"model": name, "methods": chosen, "images": records, "skipped": skipped}, indent=2,
+            allow_nan=False))
+    print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
+          f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
+    return 1 if skipped else 0

@@ -1,0 +1,188 @@
+"""``relprop evaluate``: the paper's checks of every chosen method on a data set (region
+perturbation, localisation against boxes and masks, stability), sharded under torchrun."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import models, prepare
+from ..images import load_image
+from ..registry import methods
+from .common import (Failure, check_out, choices, explainer, load_model, model_options, phrased,
+                     writing)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="measure the methods' maps: region perturbation (AOPC), localisation "
+                         "against boxes and masks, stability under invisible noise")
+    p.set_defaults(run=run)
+    from ..evaluate.perturbation import FILLS
+    from ..evaluate.run import PERTURBATION_ORDERS, Settings
+    d = Settings()
+    model_options(p, "; under torchrun with CUDA each process takes the GPU of its LOCAL_RANK")
+    p.add_argument("--data", default=None,
+                   help="a folder of images, or an ImageFolder tree (one sub-folder per class, "
+                        "which is then explained); default: scikit-image's "
+                        f"{', '.join(prepare.SAMPLES)}, predicted classes")
+    p.add_argument("--boxes", default=None,
+                   help="object boxes: a folder of Pascal VOC XML files (IMAGE.xml, as "
+                        "ImageNet's validation boxes), a CSV (image,xmin,ymin,xmax,ymax) or a "
+                        "JSON file (image -> [[xmin, ymin, xmax, ymax], ...])")
+    p.add_argument("--masks", default=None,
+                   help="a folder of segmentation masks IMAGE.png (non-zero: the object)")
+    p.add_argument("--methods", default=",".join(methods()),
+                   help="comma-separated methods (default: all of them)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated, of perturbation, localisation, stability (default: "
+                        "perturbation and stability, and localisation where --boxes or --masks "
+                        "is given)")
+    p.add_argument("--out", default="relprop-evaluate",
+                   help="output folder (default: relprop-evaluate): metrics.json, "
+                        "metrics.md, per_image.csv, perturbation.png")
+    p.add_argument("--region", type=int, default=d.region,
+                   help=f"side of the square regions perturbed together (default: {d.region})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"regions replaced, one more per step (default: {d.steps})")
+    p.add_argument("--perturbation", default=d.fill, choices=FILLS,
+                   help="what a replaced pixel becomes: uniform noise over the input's range, "
+                        f"the image's channel mean, or black (default: {d.fill})")
+    p.add_argument("--orders", default=",".join(d.orders),
+                   help=f"comma-separated, of {', '.join(PERTURBATION_ORDERS)} (default: "
+                        f"{','.join(d.orders)}; a "
+                        "seeded random order is always measured once per image)")
+    p.add_argument("--iou-quantile", type=float, default=d.iou_quantile,
+                   help="the IoU's map is the pixels at or above this quantile of the relevance "
+                        f"(default: {d.iou_quantile}: the top 20 %%)")
+    p.add_argument("--sigmas", default=",".join(f"{s:g}" for s in d.sigmas),
+                   help="comma-separated noise levels (std in the model's input units) for "
+                        f"stability (default: {','.join(f'{s:g}' for s in d.sigmas)})")
+    p.add_argument("--samples", type=int, default=d.samples,
+                   help=f"noise draws per image and level (default: {d.samples})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"images explained at once (default: {d.batch_size})")
+    p.add_argument("--forward-batch-size", type=int, default=d.forward_batch_size,
+                   help="perturbed images per forward call; bounds the memory of region "
+                        f"perturbation (default: {d.forward_batch_size})")
+
+
+
+def numbers(text, option, kind=float) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise Failure(f"{option} {text}: give comma-separated numbers, e.g. 1e-3,1e-2") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise Failure(f"{option} {text}: give one or more finite numbers >= 0")
+    return values
+
+
+def run(args) -> int:
+    """The paper's checks of every chosen method on a data set; sharded under torchrun."""
+    from ..evaluate import data as evaluation_data
+    from ..evaluate import report
+    from ..evaluate.run import (METRICS, PERTURBATION_ORDERS, Data, Settings, mean_curves,
+                               measure, start_processes, summarise, world)
+    chosen = choices(args.methods, methods(), "--methods")
+    default_metrics = ["perturbation", "stability"] + (
+        ["localisation"] if args.boxes or args.masks else [])
+    metrics = choices(args.metrics, METRICS, "--metrics") if args.metrics else default_metrics
+    if "localisation" in metrics and not (args.boxes or args.masks):
+        raise Failure("--metrics localisation needs object boxes or masks: pass --boxes and/or "
+                       "--masks")
+    for option, value in (("--batch-size", args.batch_size), ("--samples", args.samples),
+                          ("--forward-batch-size", args.forward_batch_size),
+                          ("--steps", args.steps), ("--region", args.region),
+                          ("--limit", 1 if args.limit is None else args.limit)):
+        if value < 1:
+            raise Failure(f"{option} must be at least 1")
+    if not 0 <= args.iou_quantile < 1:
+        raise Failure(f"--iou-quantile {args.iou_quantile}: give a number in [0, 1)")
+    settings = Settings(metrics=tuple(metrics), region=args.region, steps=args.steps,
+                        fill=args.perturbation,
+                        orders=tuple(choices(args.orders, PERTURBATION_ORDERS, "--orders")),
+                        iou_quantile=args.iou_quantile,
+                        sigmas=numbers(args.sigmas, "--sigmas"), samples=args.samples,
+                        seed=args.seed, batch_size=args.batch_size,
+                        forward_batch_size=args.forward_batch_size)
+    with phrased():
+        device = prepare.device(args.device)
+    start_processes(device.type)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    rank, size = world()
+    out = check_out(args.out)
+    loaded = load_model(args)
+    name, preprocess, class_names = loaded.name, loaded.preprocess, loaded.class_names
+    spec = models.spec(name)
+    try:
+        if args.data is None:
+            items = [evaluation_data.Item(i, f"skimage.data.{s}", s, None)
+                     for i, s in enumerate(prepare.SAMPLES)]
+            read = lambda item: prepare.read_sample(item.name)  # noqa: E731
+        else:
+            items = evaluation_data.list_images(args.data, class_names)
+            read = lambda item: load_image(item.path)  # noqa: E731
+        items = items[:args.limit] if args.limit is not None else items
+        boxes = evaluation_data.read_boxes(args.boxes) if args.boxes else None
+    except evaluation_data.DataError as e:
+        raise Failure(str(e)) from None
+    if args.masks and not Path(args.masks).is_dir():
+        raise Failure(f"--masks {args.masks}: not a folder; pass a folder of IMAGE.png masks")
+    if boxes is not None and not any(item.name in boxes for item in items):
+        example = items[0].name if items else "IMAGE"
+        raise Failure(f"--boxes {args.boxes}: no boxes for any of the {len(items)} images (found "
+                       f"{len(boxes)} entries; boxes are matched by file name without extension, "
+                       f"e.g. {example}.xml or an entry '{example}')")
+    with phrased(), prepare.out_of_memory(f"moving {name} to {device}", "use --device cpu"):
+        model = loaded.model.to(device)
+    explainers = {m: explainer(model, m) for m in chosen}
+    data = Data(items, preprocess, spec.resize, spec.input_size, boxes, args.masks,
+                evaluation_data.pixel_range(preprocess, spec.resize), read)
+    if rank == 0:
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+    with phrased(), prepare.out_of_memory(
+            f"evaluating {args.batch_size} images at once on {device}",
+            "pass a smaller --batch-size or --forward-batch-size"):
+        try:
+            result = measure(model, explainers, data, settings, device)
+        except ValueError as e:
+            raise Failure(str(e)) from None
+    if result is None:  # not rank 0: rank 0 writes
+        return 0
+    summary = summarise(result, chosen, settings)
+    curves = mean_curves(result)
+    measured = len({r["index"] for r in result.rows})
+    record = {"model": name, "weights": args.weights, "data": args.data or "scikit-image samples",
+              "boxes": args.boxes, "masks": args.masks, "methods": chosen, "images": measured,
+              "processes": size, "settings": asdict(settings), "metrics": summary,
+              "curves": curves, "skipped": result.skipped}
+    with writing(out / "metrics.json"):
+        report.write_metrics(out / "metrics.json", record)
+    with writing(out / "per_image.csv"):
+        report.write_rows(out / "per_image.csv", result.rows)
+    with writing(out / "metrics.md"):
+        (out / "metrics.md").write_text(report.markdown(summary, settings.orders))
+    if "perturbation" in metrics and curves:
+        with writing(out / "perturbation.png"):
+            report.plot_curves(out / "perturbation.png", curves, settings.orders, settings.steps,
+                               f"{name}, {measured} images, {settings.region}x{settings.region} "
+                               f"regions, {settings.fill}")
+    print(f"model: {name}; {measured} images x {len(chosen)} methods on {size} process"
+          f"{'es' if size > 1 else ''}")
+    print(report.table(summary, settings.orders))
+    skipped = f"; skipped {len(result.skipped)} images (listed in metrics.json)" \
+        if result.skipped else ""
+    print(f"wrote metrics.json, metrics.md, per_image.csv"
+          f"{', perturbation.png' if curves else ''} to "
+          f"{out}/{skipped}")
+    return 1 if result.skipped else 0
+
+

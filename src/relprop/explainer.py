@@ -1,0 +1,268 @@
+"""The explainer every method is: one template for the steps all methods share, around one
+abstract :meth:`Explainer._attribute` that each method family writes.
+
+The template (Captum's ``Attribution`` and Zennit's ``Attributor`` are its models) checks the
+inputs, warns where a model is in training mode, runs the model in eval mode and exact float32,
+checks that its output is finite, resolves the targets and their scores, and hands all of it to
+``_attribute`` as one :class:`Call`. Per-call values (options, scores, the forward pass) live in
+that ``Call`` only, never on the explainer, so that two threads may explain with one explainer.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .explanation import Explanation, class_scores
+from .graph import eval_mode, unwrap
+from .registry import get_method, specs
+
+Target = Union[None, int, Sequence[int], torch.Tensor]
+
+
+@dataclass
+class Call:
+    """One ``explain`` call as the method sees it."""
+
+    model: nn.Module
+    inputs: torch.Tensor  # the batch (a clone where the caller's was an inference tensor)
+    logits: torch.Tensor  # the model output
+    target: torch.Tensor  # (N,) the explained class per image
+    score: torch.Tensor  # (N,) the explained score per image
+    options: dict  # the method's options, defaults filled in
+    layer: str | None  # where the method was asked to stop, if anywhere
+    state: Any = None  # what the method's own forward pass kept (propagation: the engine's)
+
+
+class Explainer:
+    """Explains one model with one method (``relprop.methods()`` lists them).
+
+    ``Explainer(model, method=..., **options)``; ``attribute(inputs, target)`` in Captum's shape,
+    ``explain(...)`` for the whole :class:`Explanation`. Options given at construction are the
+    defaults of every call; a call may override them. The model is held by the explainer and
+    never changed: its parameters, hooks and every submodule's ``training`` flag stay as they
+    were.
+    """
+
+    method = ""  # the registered name; a subclass for one method sets it
+
+    def __init__(self, model: nn.Module, method: str | None = None, **options):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__} expects a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        self.method = method or type(self).method
+        self.spec = get_method(self.method)
+        self.options = self.spec.resolve_options(options)
+        model = unwrap(model)
+        self._model = weakref.ref(model)
+        self._owner = model  # keeps a model the caller made inline alive
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this explainer no longer exists")
+        return model
+
+    def attribute(self, inputs: torch.Tensor, target: Target = None, layer: str | None = None,
+                  **options) -> torch.Tensor:
+        """Relevance of every input entry, shaped like ``inputs`` (or like ``layer``'s output)."""
+        return self.explain(inputs, target, layer, **options).relevance
+
+    def explain(self, inputs: torch.Tensor, target: Target = None, layer: str | None = None,
+                **options) -> Explanation:
+        """The :class:`Explanation` of ``inputs`` (a batch) for ``target`` (None: the predicted
+        class); ``layer`` where the method supports it; ``options`` override the explainer's."""
+        opts = self.spec.resolve_options({**self.options, **options})
+        model = self.model
+        if layer is not None:
+            self._check_layer(model, layer)
+        self._check_inputs(model, inputs)
+        warn_if_training(model)
+        self._warn(model)
+        # inference_mode(False): the methods route relevance or gradients through autograd.
+        with torch.inference_mode(False), eval_mode(model), exact_float32():
+            x = inputs.clone() if inputs.is_inference() else inputs
+            with torch.no_grad():
+                logits, state = self._forward(model, x)
+            check_finite(logits)
+            scores = class_scores(logits)
+            tgt = targets(target, scores)
+            score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
+            relevance = self._attribute(Call(model, x, logits, tgt, score, opts, layer, state))
+        return Explanation(relevance.detach(), tgt, score, logits.detach(), self.method)
+
+    def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
+        """Raise a ValueError now, before any image is read, where ``layer`` or ``dtype`` cannot
+        be explained with this method on this model."""
+        if layer is not None:
+            self._check_layer(self.model, layer)
+
+    def exclusive(self, layer: str | None = None) -> bool:
+        """Whether a call changes the model's state while it runs (hooks on its modules), so
+        that no other call may use the model meanwhile."""
+        return False
+
+    # What each family writes ------------------------------------------------------------
+
+    def _attribute(self, call: Call) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _attribute(call)")
+
+    def _forward(self, model: nn.Module, x: torch.Tensor):
+        """The model output and whatever the method keeps of the forward pass."""
+        try:
+            return model(x), None
+        except Exception as e:  # the model's own error on these inputs
+            raise ValueError(f"the model could not run on inputs of shape {tuple(x.shape)}: "
+                             f"{type(e).__name__}: {e}") from None
+
+    def _check_inputs(self, model: nn.Module, inputs) -> None:
+        check_batch(model, inputs)
+
+    def _check_layer(self, model: nn.Module, layer: str) -> None:
+        if not self.spec.supports_layer:
+            with_layer = [s.name for s in specs() if s.supports_layer]
+            raise ValueError(f"there is no layer variant of '{self.method}'; layer= works with "
+                             f"{', '.join(with_layer)}")
+
+    def _warn(self, model: nn.Module) -> None:
+        """Say where the method will not do on this model what its name promises."""
+
+
+def check_batch(model: nn.Module, x, rank: int | None = None,
+                channels: int | None = None) -> None:
+    """Raise a ValueError that says what is wrong with ``x`` as a batch for ``model``: its type,
+    dtype, rank (``rank`` where known) and size, channel count (``channels`` where known), finite
+    values and device."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"inputs must be floating point, got {x.dtype}; convert with "
+                         "inputs.float() and normalise as the model expects")
+    if rank and x.dim() != rank:
+        hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == rank - 1 else ""
+        raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
+                         f"{tuple(x.shape)}{hint}")
+    if x.dim() < 2:
+        raise ValueError(f"inputs must be a batch (N, ...) of at least two dimensions; got "
+                         f"shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("inputs is an empty batch (N = 0); pass at least one image")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"the model expects {channels} input channels, but inputs have "
+                         f"{x.shape[1]} (shape {tuple(x.shape)})")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        raise ValueError(f"inputs contain {int(bad.sum())} NaN or Inf values; relevance "
+                         "needs finite inputs")
+    param = next(model.parameters(), None)
+    if param is not None and (param.device != x.device or param.dtype != x.dtype):
+        raise ValueError(f"inputs are {x.dtype} on {x.device} but the model is {param.dtype} "
+                         f"on {param.device}; move one to the other, e.g. "
+                         f"model.to(inputs.device, inputs.dtype)")
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    bad = ~torch.isfinite(logits.flatten(1)).all(1)
+    if bad.any():
+        images = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"the model's output is not finite (NaN or Inf) for image(s) {images[:10]} of the "
+            "batch: no score to explain. Check the model's weights and buffers for NaN/Inf "
+            "(e.g. torch.isfinite(p).all() for p in model.parameters()) and the inputs' scale.")
+
+
+def targets(target: Target, scores: torch.Tensor) -> torch.Tensor:
+    n, k = scores.shape
+    if target is None:
+        return scores.argmax(1)
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and
+                                   any(isinstance(t, str) for t in target)):
+        raise ValueError(f"target must be class indices (int), got the name {target!r}; look "
+                         "the index up in the class names, e.g. "
+                         "relprop.models.load(name)[2].index('tabby')")
+    try:
+        t = torch.as_tensor(target, device=scores.device).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"target must be None, an int, a list of ints or an integer tensor; "
+                         f"got {target!r} ({e})") from None
+    if t.numel() == 0:
+        raise ValueError("target is empty; give one class, one class per image, or None for the "
+                         "predicted class")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+        raise ValueError(f"target must be class indices (int), got {t.dtype}")
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"target has {t.numel()} entries for a batch of {n}; give one class, "
+                         "one class per image, or None for the predicted class")
+    if (t < 0).any() or (t >= k).any():
+        raise ValueError(f"target {t.tolist()} is out of range: the model has {k} classes "
+                         f"(0..{k - 1})")
+    return t.long()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_at_caller(message: str) -> None:
+    """A warning that points at the caller's line, outside relprop."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def warn_if_training(model: nn.Module) -> None:
+    """Say that a training model is explained in eval mode."""
+    if any(m.training for m in model.modules()):
+        warn_at_caller(f"{type(model).__name__} has modules in training mode; relprop explains "
+                       "it in eval mode (running BatchNorm statistics, no dropout) and gives "
+                       "every module its own mode back afterwards")
+
+
+_PRECISION_LOCK = threading.Lock()
+_PRECISION_USERS = {"count": 0, "saved": None}
+
+
+@contextmanager
+def exact_float32():
+    """Full float32 arithmetic in convolutions and matrix products while explaining.
+
+    cuDNN runs float32 convolutions in TF32 by default on recent GPUs; its 10-bit mantissa makes
+    residual networks' maps another picture (ResNet-50 with TF32 rounding emulated on the CPU:
+    correlation 0.35-0.49 with float32), as bfloat16 does. The settings are global, so
+    concurrent explanations share one change: the first to enter sets exact float32, the last to
+    leave gives the caller's settings back.
+    """
+    backends = torch.backends
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        owners = (backends.cudnn.conv, backends.cuda.matmul, backends.mkldnn.conv,
+                  backends.mkldnn.matmul)
+        settings = [(owner, "fp32_precision") for owner in owners]
+        exact = "ieee"
+    else:
+        settings = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
+        exact = False
+    with _PRECISION_LOCK:
+        if _PRECISION_USERS["count"] == 0:
+            _PRECISION_USERS["saved"] = [getattr(owner, name) for owner, name in settings]
+            for owner, name in settings:
+                setattr(owner, name, exact)
+        _PRECISION_USERS["count"] += 1
+    try:
+        yield
+    finally:
+        with _PRECISION_LOCK:
+            _PRECISION_USERS["count"] -= 1
+            if _PRECISION_USERS["count"] == 0:
+                for (owner, name), value in zip(settings, _PRECISION_USERS["saved"]):
+                    setattr(owner, name, value)

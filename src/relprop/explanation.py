@@ -1,0 +1,55 @@
+"""What every method returns: :class:`Explanation`, the relevance of each input entry for one
+class per image, with the score it explains."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def class_scores(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K): one score per class; a spatial output's class map is summed over its positions
+    (rap-spec §7.4)."""
+    return logits.flatten(2).sum(-1) if logits.dim() > 2 else logits
+
+
+@dataclass
+class Explanation:
+    """The relevance of each input entry for one class per image.
+
+    ``relevance`` has the shape of the inputs and sums, per image, to ``score`` (the explained
+    score: the target's logit, or the sum of its map for a model with a spatial output);
+    ``delta`` says how far from that it is, as Captum's convergence delta. Positive values
+    support the class, negative values speak against it.
+    """
+
+    relevance: torch.Tensor
+    target: torch.Tensor  # (N,) the explained class per image
+    score: torch.Tensor  # (N,) the explained score per image
+    logits: torch.Tensor  # (N, K) or (N, K, ...) the model output
+    method: str
+
+    @property
+    def heatmap(self) -> torch.Tensor:
+        """(N, H, W): an image's relevance summed over its colour channels (for inputs that are
+        not images, the relevance as it is)."""
+        return self.relevance.sum(1) if self.relevance.dim() == 4 else self.relevance
+
+    @property
+    def positive(self) -> torch.Tensor:
+        return self.relevance.clamp(min=0)
+
+    @property
+    def negative(self) -> torch.Tensor:
+        return self.relevance.clamp(max=0)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """(N,) sum of the relevance minus the explained score: 0 up to rounding for a method
+        that conserves."""
+        return self.relevance.flatten(1).sum(1) - self.score
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """(N, K) softmax over the classes' scores."""
+        return class_scores(self.logits).softmax(1)
