@@ -33,7 +33,7 @@ import torchvision
 import relprop
 
 from relprop import RAP
-from relprop.api import exact_float32
+from relprop.explainer import exact_float32
 
 SIZES = {"vgg16": 224, "resnet50": 224, "inception_v3": 299}
 

@@ -95,7 +95,7 @@ def run(args) -> int:
     metrics = choices(args.metrics, METRICS, "--metrics") if args.metrics else default_metrics
     if "localisation" in metrics and not (args.boxes or args.masks):
         raise Failure("--metrics localisation needs object boxes or masks: pass --boxes and/or "
-                       "--masks")
+                      "--masks")
     for option, value in (("--batch-size", args.batch_size), ("--samples", args.samples),
                           ("--forward-batch-size", args.forward_batch_size),
                           ("--steps", args.steps), ("--region", args.region),
@@ -138,7 +138,7 @@ def run(args) -> int:
     if boxes is not None and not any(item.name in boxes for item in items):
         example = items[0].name if items else "IMAGE"
         raise Failure(f"--boxes {args.boxes}: no boxes for any of the {len(items)} images (found "
-                       f"{len(boxes)} entries; boxes are matched by file name without extension, "
+                      f"{len(boxes)} entries; boxes are matched by file name without extension, "
                        f"e.g. {example}.xml or an entry '{example}')")
     with phrased(), prepare.out_of_memory(f"moving {name} to {device}", "use --device cpu"):
         model = loaded.model.to(device)
