@@ -39,7 +39,7 @@ def digits_resnet():
 
 def test_stable_rap_is_stable_under_invisible_noise_and_rap_is_not(digits_resnet):
     """Gaussian noise of std 1e-3 (0.13 of an 8-bit grey level), float64: the paper's rule
-    replaces the maps (median correlation measured 0.18), rap-stable keeps them (0.999)."""
+    replaces the maps (median correlation measured 0.23), rap-stable keeps them (0.999)."""
     model, images = digits_resnet
     model64, x = copy.deepcopy(model).double(), images.double()
     noise = 1e-3 * torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))

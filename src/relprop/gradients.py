@@ -42,6 +42,7 @@ class Recipe:
     handles: tuple = ()
     falls_back_to: str | None = None
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model
+    hint: tuple[str, str] | None = None  # (words of Captum's error, what they mean here)
 
 
 class CaptumExplainer(Explainer):
@@ -93,10 +94,8 @@ class CaptumExplainer(Explainer):
                 found = self.recipe.attribute(f, leaf, call.target, call.options, layer)
             except (RuntimeError, AssertionError, TypeError) as e:
                 hint = ""
-                if self.method == "deeplift" and "input/output attributes" in str(e):
-                    hint = (" (Captum's DeepLift needs every ReLU module to be called once per "
-                            "forward pass; this model calls one several times, and torch.fx "
-                            "could not trace it to give each call a ReLU of its own)")
+                if self.recipe.hint and self.recipe.hint[0] in str(e):
+                    hint = f" ({self.recipe.hint[1]})"
                 raise ValueError(f"Captum cannot compute '{self.method}' on "
                                  f"{type(call.model).__name__}{hint}: {type(e).__name__}: "
                                  f"{e}") from None
@@ -262,7 +261,11 @@ _register("guided-backprop",
 _register("deeplift",
           Recipe(_deeplift, hooks=True, wrap=one_relu_per_call,
                  handles=(nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus),
-                 falls_back_to="gradient-x-input"),
+                 falls_back_to="gradient-x-input",
+                 hint=("input/output attributes",
+                       "Captum's DeepLift needs every ReLU module to be called once per forward "
+                       "pass; this model calls one several times, and torch.fx could not trace "
+                       "it to give each call a ReLU of its own")),
           options=_BASELINE, supports_layer=True,
           summary="DeepLift (Captum, rescale rule): complete like integrated gradients, in one "
                   "pass. Captum's DeepLift cannot take a ReLU module called several times "

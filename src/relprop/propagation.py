@@ -198,7 +198,7 @@ register_method(
             "maps change neither under rounding (ResNet-50 fixture: float32 maps correlate "
             "≥ 0.9999999 with float64, the paper's rule 0.28–0.36 on two images) nor under "
             "invisible noise (a ResNet-10 trained on digits, noise of 0.13 grey levels: median "
-            "correlation 0.999, the paper's rule 0.18; `tests/test_stability.py`).")
+            "correlation 0.999, the paper's rule 0.23; `tests/test_stability.py`).")
 _LRP_SUMMARIES = {
     "lrp-epsilon": "LRP with the ε-rule everywhere (Captum's default LRP): conserves in ReLU "
                    "networks, but noisy, gradient×input-like maps in deep ones.",

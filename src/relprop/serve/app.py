@@ -139,8 +139,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
                           f"{', '.join(RELEVANCE_FORMATS)}")
         index = _class_index(target, class_names)
         layer = layer or None
-        if layer is not None and get_method(method).family == "propagation" \
-                and layer not in layers:
+        if layer is not None and layer not in layers:
             raise Refused(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
         if image is None:
             raise Refused("no image: send the picture as a file in the multipart form field "
