@@ -73,6 +73,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
     all_methods = methods()
     layers = list(dict.fromkeys(op.module_path for op in traced(model).ops
                                 if op.kind == "conv" and op.module_path))
+    modules = {name for name, _ in model.named_modules() if name}
     samples = _samples(images_dir)
 
     # No Swagger page: it loads its scripts from a CDN. The schema itself is served.
@@ -139,7 +140,8 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
                           f"{', '.join(RELEVANCE_FORMATS)}")
         index = _class_index(target, class_names)
         layer = layer or None
-        if layer is not None and layer not in layers:
+        if layer is not None and layer not in modules:  # a module's map may still be refused
+            # below, by the method (no layer variant) or for its shape (not a map)
             raise Refused(f"unknown layer '{layer}'; this model's layers: {', '.join(layers)}")
         if image is None:
             raise Refused("no image: send the picture as a file in the multipart form field "
