@@ -10,6 +10,7 @@ compute shapes or sizes are ``meta``: both run in the forward pass but carry no 
 """
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from contextlib import contextmanager
@@ -21,8 +22,8 @@ import torch.nn as nn
 from .errors import UnsupportedOperation, UntraceableModel
 from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names
 from . import ops as vocabulary
-from .ops import (LAYER_KINDS, Normalised, UnsupportedCall, is_meta_call, module_normaliser,
-                  mutates_receiver, normalise_call)
+from .ops import (LAYER_KINDS, Normalised, UnsupportedCall, is_meta_call, is_tuple_call,
+                  module_normaliser, mutates_receiver, normalise_call, piece)
 
 
 class _Tracer(fx.Tracer):
@@ -127,7 +128,8 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
 
 def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
     ops: list[Op] = []
-    status: dict[str, str] = {}  # node -> 'tensor' | 'meta' | 'constant'
+    status: dict[str, str] = {}  # node -> 'tensor' | 'meta' | 'constant' | 'pieces'
+    pieces: dict[str, tuple] = {}  # a tuple call's node -> how to call it
     alias: dict[str, str] = {}  # receiver of an in-place op -> the op
     placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -162,6 +164,13 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             continue
         args, kwargs = sub(node.args), sub(node.kwargs)
         refs = ref_names((args, kwargs))
+        if any(status[r] == "pieces" for r in refs):
+            norm = _piece_of(node, root, args, kwargs, pieces, status)
+            status[node.name] = "tensor"
+            ops.append(Op(node.name, norm.kind, norm.fn, norm.args, norm.kwargs,
+                          (norm.args[0].name,), _describe(node, root), _module_path(node),
+                          sign=norm.sign))
+            continue
         deps = [status[r] for r in refs]
         tensor_refs = tuple(dict.fromkeys(r for r in refs if status[r] == "tensor"))
         path = _module_path(node)
@@ -175,6 +184,12 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             status[node.name] = "meta"
             norm = _generic_call(node, root, args, kwargs)
             kind = "meta"
+        elif is_tuple_call(node.op, node.target) and isinstance(args[0], Ref) \
+                and status[args[0].name] == "tensor":
+            # Pieces of a tensor (chunk, split): no op of its own; each piece used is one.
+            status[node.name] = "pieces"
+            pieces[node.name] = (node.op, node.target, args, kwargs, source)
+            continue
         else:
             status[node.name] = "tensor"
             try:
@@ -190,7 +205,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             inputs = tuple(dict.fromkeys(r for r in ref_names(norm.args) if status[r] == "tensor"))
         fn = ModuleCall(norm.fn) if isinstance(norm.fn, nn.Module) else norm.fn
         ops.append(Op(node.name, kind, fn, norm.args, norm.kwargs, inputs, source, path,
-                      sign=norm.sign))
+                      sign=norm.sign, gate=norm.gate))
         if mutates_receiver(node.op, node.target, node.kwargs) and isinstance(args[0], Ref):
             alias[args[0].name] = node.name
 
@@ -198,6 +213,21 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
     graph = Graph(ops, placeholders[0].name, output_name)
     _analyse(graph)
     return graph
+
+
+def _piece_of(node: fx.Node, root: nn.Module, args, kwargs, pieces: dict, status: dict
+              ) -> Normalised:
+    """``pieces[i]`` of a tuple call (``x.chunk(2)[1]``) as a movement op on the tensor."""
+    source = args[0] if args and isinstance(args[0], Ref) else None
+    index = args[1] if len(args) > 1 else None
+    if node.op != "call_function" or node.target is not operator.getitem or source is None \
+            or source.name not in pieces or not isinstance(index, int):
+        used = next(r for r in ref_names((args, kwargs)) if status[r] == "pieces")
+        raise UnsupportedOperation(
+            _describe(node, root), node.name, _module_path(node), reason=f"it takes the tuple that '{pieces[used][4]}' returned "
+            "as a whole; relprop follows the pieces of a tuple taken one at a time (pieces[i])")
+    kind, target, call_args, call_kwargs, _ = pieces[source.name]
+    return piece(kind, target, call_args, call_kwargs, index)
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Attr:
@@ -234,6 +264,9 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
                        ("meta", "constant")]
             if op.fn is torch.add and len(tensors) == 2:
                 op.kind, op.sign = "add", "same"
+            elif op.fn is torch.mul and len(tensors) == 2:
+                op.kind, op.sign = "product", "any"
+                op.inputs = tuple(dict.fromkeys(t.name for t in tensors))
             elif len(tensors) == 1:
                 # Tensor (+-*/) constant: an elementwise transform; move the tensor first.
                 op.kind, op.sign = "passthrough", "any"
@@ -247,8 +280,8 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
             else:
                 raise UnsupportedOperation(
                     f"function torch.{op.fn.__name__} of two tensors", op.name, op.module_path,
-                    reason="relprop has rules for the sum of two tensors, not for products, "
-                           "differences or quotients of them")
+                    reason="relprop has rules for the sum and the product of two tensors, "
+                           "not for differences or quotients of them")
         resolved.append(op)
     # Dead code elimination: keep what the output needs.
     needed = {output}
@@ -265,12 +298,17 @@ def _analyse(graph: Graph) -> None:
     """Facts read off the graph for every method: which values are non-negative, the first
     layers reached from the input and the layer that produces the output."""
     nonneg: set[str] = set()
+    gates: set[str] = set()  # values that are a gate, or a gate moved around (expand, view)
     for op in graph.ops:
         if op.kind in ("meta", "constant"):
             continue
         op.input_nonneg = all(i in nonneg for i in op.inputs)
         if op.sign == "nonneg" or (op.sign == "same" and op.input_nonneg):
             nonneg.add(op.name)
+        if op.gate or (op.kind == "movement" and len(op.inputs) == 1 and op.inputs[0] in gates):
+            gates.add(op.name)
+        if op.kind == "product":
+            op.gated = tuple(i in gates for i in op.inputs)
 
     users: dict[str, list[Op]] = {}
     for op in graph.ops:

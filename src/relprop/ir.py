@@ -75,6 +75,8 @@ class Op:
     module_path: str | None = None
     sign: str = "any"  # output sign: 'nonneg', 'same' (as its inputs) or 'any'
     input_nonneg: bool = False  # every input is known to be >= 0
+    gate: bool = False  # the output is a gate (a sigmoid's): a weight, not a signal (§8.2)
+    gated: tuple[bool, ...] = ()  # for a product: which of ``inputs`` are gates
 
 
 @dataclass(eq=False)  # compared and hashed by identity: plans are cached per graph

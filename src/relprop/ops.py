@@ -14,7 +14,9 @@ kind            meaning (``args``)
 ``passthrough`` elementwise, relevance unchanged: ReLU, Dropout, ``x * c + t``, ...
 ``pool``        a positively homogeneous reduction of one input: max/avg pooling, mean
 ``add``         the sum of two tensors (a residual connection)
-``movement``    a pure rearrangement: reshape, flatten, slicing, ``cat``, zero padding
+``movement``    a pure rearrangement: reshape, flatten, slicing, ``cat``, zero padding,
+                ``chunk``/``split``/``unbind`` (one op per piece used), ``roll``, ``expand``
+``product``     the elementwise product of two tensors (a gate, or GLU-like)
 ==============  =======================================================================
 
 ``register_op`` adds a module class, function or tensor method to this table.
@@ -43,6 +45,7 @@ class Normalised:
     args: tuple
     kwargs: dict = field(default_factory=dict)
     sign: str = "any"
+    gate: bool = False  # the output is a gate (rap-spec §8.2)
 
 
 # --------------------------------------------------------------------------- registry
@@ -180,11 +183,20 @@ def _elementwise(fn, sign):
     return lambda args, kwargs: Normalised("passthrough", fn, (args[0],), {}, sign)
 
 
+def _activation(fn, sign, gate=False):
+    """An elementwise activation called with its settings (``negative_slope``,
+    ``approximate``, ...), which the forward pass must keep; relevance passes unchanged."""
+    return lambda args, kwargs: Normalised("passthrough", fn, tuple(args), dict(kwargs), sign,
+                                           gate)
+
+
 _relu = _elementwise(torch.relu, "nonneg")
 _function(F.relu, torch.relu, torch.relu_, F.relu_, "relu", "relu_")(_relu)
 _function(F.relu6)(_elementwise(F.relu6, "nonneg"))
-_function(F.dropout, F.dropout2d, torch.dropout, "contiguous", "clone", "detach")(
-    _elementwise(lambda x: x, "same"))
+_function(F.dropout, F.dropout2d, torch.dropout, "detach")(_elementwise(lambda x: x, "same"))
+# Copies keep their memory layout's effect (a view after a transpose needs the copy).
+_function("contiguous")(_elementwise(torch.Tensor.contiguous, "same"))
+_function("clone")(_elementwise(torch.Tensor.clone, "same"))
 
 
 @_function(F.hardtanh, F.hardtanh_)
@@ -208,6 +220,62 @@ def _hardtanh_module(m, args, kwargs):
 @_module(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
 def _identity_module(m, args, kwargs):
     return Normalised("passthrough", lambda x: x, (args[0],), {}, "same")
+
+
+# rap-spec §8.1: smooth and clipped activations pass relevance unchanged, as ReLU does (the
+# identity rule of AttnLRP, Eq. 9, and Zennit's Pass). Sigmoid and Hardsigmoid are gates where
+# they scale another tensor (§8.2).
+_ACTIVATIONS = [  # (module, function, tensor method or None, output sign, gate)
+    (nn.SiLU, F.silu, None, "any", False), (nn.GELU, F.gelu, None, "any", False),
+    (nn.Hardswish, F.hardswish, None, "any", False), (nn.Mish, F.mish, None, "any", False),
+    (nn.ELU, F.elu, None, "any", False), (nn.SELU, F.selu, None, "any", False),
+    (nn.CELU, F.celu, None, "any", False), (nn.LeakyReLU, F.leaky_relu, None, "any", False),
+    (nn.Softplus, F.softplus, None, "nonneg", False), (nn.Tanh, torch.tanh, "tanh", "any", False),
+    (nn.Sigmoid, torch.sigmoid, "sigmoid", "nonneg", True),
+    (nn.Hardsigmoid, F.hardsigmoid, None, "nonneg", True),
+]
+for _cls, _fn, _method, _sign, _gate in _ACTIVATIONS:
+    _MODULES[_cls] = (lambda sign, gate: lambda m, a, k: Normalised(
+        "passthrough", m, (a[0],), {}, sign, gate))(_sign, _gate)
+    _function(_fn)(_activation(_fn, _sign, _gate))
+    if _method:
+        _function(_method)(_activation(getattr(torch.Tensor, _method), _sign, _gate))
+_function(F.sigmoid)(_activation(torch.sigmoid, "nonneg", True))
+_function(F.tanh)(_activation(torch.tanh, "any"))
+_MODULES[nn.PReLU] = lambda m, a, k: Normalised("passthrough", m, (a[0],), {}, "any")
+
+
+# rap-spec §8.3: normalisation layers other than BatchNorm pass relevance unchanged, as
+# BatchNorm does (§7.1); the layer below restores the total with its shift. LRP passes it too
+# (AttnLRP holds LayerNorm's scale constant, which is the same on the relevance's way down
+# through a per-position rescaling).
+@_module(nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
+def _norm_module(m, args, kwargs):
+    return Normalised("passthrough", m, (args[0],), {}, "any")
+
+
+def _norm(fn):
+    return lambda args, kwargs: Normalised("passthrough", fn, tuple(args), dict(kwargs), "any")
+
+
+for _f in (F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm):
+    _function(_f)(_norm(_f))
+if hasattr(nn, "RMSNorm"):
+    _module(nn.RMSNorm)(_norm_module)
+    _function(F.rms_norm)(_norm(F.rms_norm))
+
+
+def _stochastic_depth(args, kwargs):
+    """torchvision's stochastic depth, explained in eval mode: the identity."""
+    return Normalised("passthrough", lambda x: x, (args[0],), {}, "same")
+
+
+try:
+    import torchvision.ops as _tv_ops
+    _function(_tv_ops.stochastic_depth)(_stochastic_depth)
+    _module(_tv_ops.StochasticDepth)(lambda m, a, k: _stochastic_depth(a, k))
+except ImportError:  # torchvision is a dependency; this only keeps ops importable without it
+    pass
 
 
 @_module(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
@@ -247,11 +315,40 @@ def _movement(fn):
 
 
 for _f in (torch.flatten, torch.reshape, torch.cat, torch.concat, torch.squeeze, torch.unsqueeze,
-           torch.permute, torch.transpose, operator.getitem):
+           torch.permute, torch.transpose, operator.getitem, torch.roll, torch.movedim,
+           torch.unflatten, torch.channel_shuffle, torch.narrow, torch.swapaxes):
     _function(_f)(_movement(_f))
 for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
-              "__getitem__", "expand_as"):
+              "__getitem__", "expand_as", "expand", "roll", "movedim", "unflatten", "narrow",
+              "swapaxes", "view_as", "reshape_as"):
     _function(_name)(_movement(getattr(torch.Tensor, _name)))
+_module(nn.ChannelShuffle)(lambda m, a, k: Normalised("movement", m, (a[0],), {}, "same"))
+
+# Calls that return a tuple of pieces of one tensor; each piece used (``pieces[i]``) becomes a
+# movement op of its own that cuts that piece from the tensor (rap-spec §8.4).
+_TUPLE_CALLS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split",
+                "unbind", "tensor_split"}
+
+
+def is_tuple_call(kind: str, target) -> bool:
+    """Whether a call returns a tuple of pieces of its first argument."""
+    return kind in ("call_function", "call_method") and target in _TUPLE_CALLS
+
+
+def piece(kind: str, target, args, kwargs, index: int) -> Normalised:
+    """The movement op of piece ``index`` of a tuple call (:func:`is_tuple_call`)."""
+    fn = getattr(torch.Tensor, target) if kind == "call_method" else target
+    return Normalised("movement", _Piece(fn, index), tuple(args), dict(kwargs), "same")
+
+
+class _Piece:
+    """``fn(*args)[index]`` as one callable, so that the op can be run and differentiated."""
+
+    def __init__(self, fn, index: int):
+        self.fn, self.index = fn, index
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)[self.index]
 
 
 @_function(F.pad)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from ..ir import resolve
+from ..ir import ModuleCall, resolve
 from .registry import WITH_BFLOAT16, register_rule
 from .algebra import sdiv
 
@@ -42,10 +44,25 @@ def movement(op, relevance, run):
     return tuple(grads)
 
 
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_MAX_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, torch.amax, F.adaptive_max_pool2d,
+                  torch.Tensor.amax}
+
+
+def is_max_pool(op) -> bool:
+    fn = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
+    return isinstance(fn, _MAX_POOLS) or fn in _MAX_FUNCTIONS
+
+
 @register_rule("pool", method="*", needs_output=True, dtypes=WITH_BFLOAT16)
 def pool(op, relevance, run):
-    """z-rule for pooling: ``x * d(Z * R/Z)/dx``; max pooling gives the relevance to the winner,
-    average pooling shares it in proportion to the inputs (rap-spec §5)."""
+    """z-rule for pooling: ``x * d(Z * R/Z)/dx`` (rap-spec §5). Average pooling shares the
+    relevance in proportion to the inputs. Max pooling gives it to the winner, as the z-rule
+    does wherever the maximum is not 0; where it is 0 (a window of zeros, which DenseNet's
+    BatchNorm after the pooling can still hand relevance), the z-rule would drop it and the
+    winner keeps it instead, so that the layer conserves."""
+    if is_max_pool(op):
+        return (input_vjp(op, run, lambda z: relevance)[1],)
     x, g = input_vjp(op, run, lambda z: sdiv(relevance, run.output(op)))
     return (x * g,)
 
@@ -82,3 +99,17 @@ def operand_shares(op, operands, share_of):
         share = _fit(share_of(value), value.shape)
         shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
     return tuple(shares[n] for n in op.inputs)
+
+
+@register_rule("product", method="*", needs_inputs=False)
+def product(op, relevance, run):
+    """rap-spec §8.2, the product of two tensors: where one factor is a gate (a sigmoid's output,
+    as in squeeze-and-excitation), it is a weight and all of ``R`` goes to the other factor
+    (signal-take-all, Arras et al. 2017); otherwise each factor gets half (AttnLRP, Prop. 3.2).
+    Conserves either way; a factor that is the same tensor twice gets both shares."""
+    gated = op.gated or (False,) * len(op.inputs)
+    if any(gated) and not all(gated):
+        return tuple(None if gate else _fit(relevance, run.shape(name))
+                     for name, gate in zip(op.inputs, gated))
+    share = relevance / len(op.inputs)
+    return tuple(_fit(share, run.shape(name)) for name in op.inputs)

@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
-from ..ir import ModuleCall, resolve
+from ..ir import resolve
 from ..registry import Option
 from .registry import register_analysis, register_rule
-from .common import input_vjp, operand_shares
+from .common import input_vjp, is_max_pool, operand_shares
 from .algebra import lin, lin_t, stabilize
 
 EPSILON = Option("epsilon", 1e-6, "ε of the ε-rule")
@@ -177,20 +176,10 @@ def zbox_rule(op, x, w, b, r, options):
 LAYER_RULES = {"epsilon": epsilon_rule, "zplus": zplus_rule, "alpha2beta1": alpha2beta1_rule,
                "gamma": gamma_rule, "flat": flat_rule, "zbox": zbox_rule}
 
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-_MAX_FUNCTIONS = {torch.nn.functional.max_pool2d, torch.max_pool2d, torch.amax,
-                  torch.nn.functional.adaptive_max_pool2d, torch.Tensor.amax}
-
-
-def _is_max(op) -> bool:
-    fn = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
-    return isinstance(fn, _MAX_POOLS) or fn in _MAX_FUNCTIONS
-
-
 def pool(op, relevance, run):
     """Max pooling: the relevance to the winner (the gradient); average pooling and means: in
     proportion to the inputs, the denominator stabilised."""
-    if _is_max(op):
+    if is_max_pool(op):
         return (input_vjp(op, run, lambda z: relevance)[1],)
     x, g = input_vjp(op, run, lambda z: relevance / stabilize(z, run.options["stabilizer"]))
     return (x * g,)
