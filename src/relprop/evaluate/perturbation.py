@@ -107,7 +107,7 @@ def scorer(model, target: torch.Tensor):
     softmax probability, for a batch of that image's perturbed copies. On a CPU the copies go
     in channels-last memory, which oneDNN's convolutions run 1.3-1.8x faster (EfficientNet-Lite0,
     two cores)."""
-    from ..api import class_scores
+    from ..explanation import class_scores
 
     def score(inputs, image):
         if inputs.device.type == "cpu" and inputs.dim() == 4:
