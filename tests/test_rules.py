@@ -285,3 +285,115 @@ def test_input_layer_matches_matrix_form(cfg, explicit_pad):
         assert torch.allclose(ours[i], expected, rtol=1e-9, atol=1e-12)
     assert torch.allclose(ours.sum((1, 2, 3)), r.sum((1, 2, 3)))
     assert (ours * (1 - support)).abs().max() == 0  # nothing on an explicit padding border
+
+
+# rap-spec §8: products, gates and pieces --------------------------------------------------
+
+
+class _Gated(torch.nn.Module):
+    """A squeeze-and-excitation block before a classifier; its gate computed from the input, or
+    a fixed tensor (then ``h * gate`` is a tensor times a constant, another code path)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1, self.fc2 = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 8, 1)
+        self.head = torch.nn.Linear(8 * 8 * 8, 5)
+        self.register_buffer("fixed", None)
+
+    def gate(self, h):
+        return torch.sigmoid(self.fc2(torch.nn.functional.silu(self.fc1(h.mean((2, 3),
+                                                                              keepdim=True)))))
+
+    def forward(self, x):
+        h = torch.nn.functional.silu(self.conv(x))
+        return self.head((h * (self.gate(h) if self.fixed is None else self.fixed)).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["rap", "rap-stable", "lrp-epsilon", "lrp-epsilon-plus"])
+def test_a_gate_is_a_weight(method):
+    """§8.2: all relevance goes to the gated signal, none into the gate's branch: the map equals
+    that of the same network with the gate's value fixed as a constant."""
+    import relprop
+    gated = _Gated().double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fixed = gated.gate(torch.nn.functional.silu(gated.conv(x)))
+    constant = _Gated().double().eval()
+    constant.fixed = fixed
+    ours = relprop.explain(gated, x, [2], method=method)
+    reference = relprop.explain(constant, x, [2], method=method)
+    assert torch.allclose(ours.score, reference.score, rtol=1e-12)
+    assert torch.allclose(ours.relevance, reference.relevance, rtol=1e-9, atol=1e-12)
+    assert relprop.explainer(gated, method).graph.op(
+        next(op.name for op in relprop.explainer(gated, method).graph.ops
+             if op.kind == "product")).gated == (False, True)
+
+
+class _Product(torch.nn.Module):
+    """A GLU-like product of two signals (neither is a gate)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.a(x) * torch.tanh(self.b(x)))
+
+
+def test_a_product_of_two_signals_gives_each_half():
+    import relprop
+    model = _Product().double().eval()
+    x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    explainer = relprop.explainer(model, "rap")
+    product = next(op.name for op in explainer.graph.ops if op.kind == "product")
+    at_product = explainer.explain(x, [1, 2], layer=product).relevance
+    at_a = explainer.explain(x, [1, 2], layer="a").relevance
+    at_b = explainer.explain(x, [1, 2], layer="b").relevance
+    assert torch.allclose(at_a, at_product / 2) and torch.allclose(at_b, at_product / 2)
+    whole = explainer.explain(x, [1, 2])
+    assert (whole.delta.abs() <= 1e-9 * whole.score.abs().clamp(min=1)).all()
+
+
+class _Pieces(torch.nn.Module):
+    def __init__(self, chunked: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8 * 16, 4)
+        self.chunked = chunked
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if self.chunked:
+            a, b = h.chunk(2, dim=1)
+        else:
+            a, b = h[:, :4], h[:, 4:]
+        return self.head(torch.cat([b, a], 1).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-epsilon-plus"])
+def test_pieces_of_a_chunk_are_slices(method):
+    """§8.4: ``chunk`` (a tuple of pieces) is explained exactly as the same pieces sliced."""
+    import relprop
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    chunked = relprop.explain(_Pieces(True).double().eval(), x, [0, 3], method=method)
+    sliced = relprop.explain(_Pieces(False).double().eval(), x, [0, 3], method=method)
+    assert torch.allclose(chunked.relevance, sliced.relevance, rtol=1e-12, atol=1e-15)
+    assert chunked.relevance.abs().sum() > 0
+
+
+def test_a_tuple_used_whole_is_refused_in_words():
+    import relprop
+
+    class Whole(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(torch.cat(x.chunk(2, dim=1), 1))
+    with pytest.raises(relprop.UnsupportedOperation, match="pieces of a tuple taken one at"):
+        relprop.explain(Whole(), torch.randn(2, 6), method="rap")
