@@ -166,7 +166,14 @@ def _timm_spec(name: str) -> ModelSpec:
             model = build()
             _load_state(model, path)
             return model
+        cached = _hub_cache(name)
         try:
+            if cached is not None:  # timm's own loader, from the file the hub cached
+                return timm.create_model(name, pretrained=True,
+                                         pretrained_cfg_overlay={"file": cached})
+            if not _hub_reachable():
+                raise ConnectionError("the Hugging Face hub cannot be reached and the weights "
+                                      "are not in its cache")
             return timm.create_model(name, pretrained=True)
         except Exception as e:  # no network, nothing cached, or no pretrained weights
             raise WeightsUnavailable(
@@ -184,6 +191,34 @@ def _timm_spec(name: str) -> ModelSpec:
     resize = int(round(crop / config.get("crop_pct", 1.0)))
     return ModelSpec(f"timm:{name}", build, load, preprocess, crop, resize,
                      f"timm's {name}")
+
+
+def _hub_cache(name: str) -> str | None:
+    """The weights file of timm's ``name`` in the Hugging Face cache, or None."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+    config = timm.models.get_pretrained_cfg(name)
+    repo = getattr(config, "hf_hub_id", None) if config is not None else None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename) if repo else None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers at all: offline, the hub's client retries for about a
+    minute before it gives up, so relprop asks once, briefly."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _one_line(text: str) -> str:
