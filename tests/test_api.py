@@ -169,22 +169,22 @@ def test_unsupported_operation_names_node_module_and_fix():
 
         def forward(self, x):
             x = self.conv(x)
-            x = x * torch.sigmoid(x)
+            x = x * torch.erf(x)  # sigmoid and GELU have rules now (rap-spec §8); erf has none
             return self.fc(x.mean((2, 3)))
 
-    with pytest.raises(UnsupportedOperation, match=r"sigmoid.*graph node 'sigmoid'.*register_op"):
+    with pytest.raises(UnsupportedOperation, match=r"erf.*graph node 'erf'.*register_op"):
         RAP(Gated())
 
-    class WithGelu(Gated):
+    class WithSoftsign(Gated):
         def __init__(self):
             super().__init__()
-            self.act = nn.GELU()
+            self.act = nn.Softsign()
 
         def forward(self, x):
             return self.fc(self.act(self.conv(x)).mean((2, 3)))
 
-    with pytest.raises(UnsupportedOperation, match=r"module GELU .*module 'act'"):
-        RAP(WithGelu())
+    with pytest.raises(UnsupportedOperation, match=r"module Softsign .*module 'act'"):
+        RAP(WithSoftsign())
 
 
 def test_register_op_extends_without_touching_the_engine():

@@ -397,3 +397,31 @@ def test_a_tuple_used_whole_is_refused_in_words():
             return self.head(torch.cat(x.chunk(2, dim=1), 1))
     with pytest.raises(relprop.UnsupportedOperation, match="pieces of a tuple taken one at"):
         relprop.explain(Whole(), torch.randn(2, 6), method="rap")
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, inplace: bool, activation=torch.nn.SiLU):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.act = activation(inplace=inplace)
+        self.head = torch.nn.Linear(3 * 16, 4)
+
+    def forward(self, x):
+        return self.head(self.act(self.conv(x) + x).flatten(1))
+
+
+@pytest.mark.parametrize("activation", [torch.nn.SiLU, torch.nn.LeakyReLU, torch.nn.ELU,
+                                        torch.nn.Hardswish])
+def test_an_in_place_activation_after_a_sum_is_explained_as_one_that_is_not(activation):
+    """The rule at the sum reads the sum; an activation module built with inplace=True must not
+    overwrite it before the sweep reaches it."""
+    import relprop
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    copy_ = _Residual(False, activation).double().eval()
+    inplace = _Residual(True, activation).double().eval()
+    for method in ("rap", "rap-stable", "lrp-epsilon"):
+        want = relprop.explain(copy_, x, [0, 1], method=method)
+        got = relprop.explain(inplace, x, [0, 1], method=method)
+        assert torch.allclose(got.score, want.score, rtol=1e-12)
+        assert torch.allclose(got.relevance, want.relevance, rtol=1e-9, atol=1e-12), method

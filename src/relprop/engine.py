@@ -7,7 +7,6 @@ the relevance of a tensor used by several ops.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import torch
 
@@ -61,15 +60,14 @@ class Plan:
                 if op.name in self.rules and dtype not in self.rules[op.name].dtypes]
 
 
-_PLANS: "weakref.WeakKeyDictionary[Graph, dict]" = weakref.WeakKeyDictionary()
 _PLAN_LOCK = threading.Lock()
 
 
 def plan(graph: Graph, method: str) -> Plan:
     """The plan of ``method`` on ``graph``, made once and shared by every explainer and thread
-    (made again after a rule is registered)."""
+    (made again after a rule is registered); kept with the graph, so it goes with it."""
     with _PLAN_LOCK:
-        per_method = _PLANS.setdefault(graph, {})
+        per_method = graph.derived.setdefault("plans", {})
         made = per_method.get(method)
         if made is None or made[0] != rule_registry.version():
             made = (rule_registry.version(), Plan(graph, method))

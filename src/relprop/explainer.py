@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import warnings
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -61,16 +60,7 @@ class Explainer:
         self.method = method or type(self).method
         self.spec = get_method(self.method)
         self.options = self.spec.resolve_options(options)
-        model = unwrap(model)
-        self._model = weakref.ref(model)
-        self._owner = model  # keeps a model the caller made inline alive
-
-    @property
-    def model(self) -> nn.Module:
-        model = self._model()
-        if model is None:
-            raise RuntimeError("the model of this explainer no longer exists")
-        return model
+        self.model = unwrap(model)
 
     def attribute(self, inputs: torch.Tensor, target: Target = None, layer: str | None = None,
                   **options) -> torch.Tensor:

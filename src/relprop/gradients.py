@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .errors import UnsupportedOperation, UntraceableModel
 from .explainer import Call, Explainer, warn_at_caller
 from .explanation import class_scores
 from .graph import traced
@@ -33,12 +34,13 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.LeakyReLU, nn.Sigmoid,
 class Recipe:
     """How Captum computes one method. ``attribute(f, x, target, options, layer)`` with ``f``
     the model with one score per class and ``layer`` a module of ``f`` or None.
-    ``hooks``: Captum hooks the model's modules for this method even at the input.
+    ``exclusive``: a call changes state another call would see (Captum hooks the model's
+    modules, or the method draws from the global random generator), even at the input.
     ``handles``/``falls_back_to``: the activations its rule acts on, and what the map is where
     the model has none of them."""
 
     attribute: Callable
-    hooks: bool = False
+    exclusive: bool = False
     handles: tuple = ()
     falls_back_to: str | None = None
     wrap: Callable[[nn.Module], nn.Module] = lambda model: model
@@ -54,7 +56,7 @@ class CaptumExplainer(Explainer):
         self.recipe = recipe
 
     def exclusive(self, layer: str | None = None) -> bool:
-        return self.recipe.hooks or layer is not None  # Captum's layer variants hook the layer
+        return self.recipe.exclusive or layer is not None  # Captum's layer variants hook it
 
     def _check_layer(self, model: nn.Module, layer: str) -> None:
         super()._check_layer(model, layer)
@@ -221,8 +223,13 @@ def _grad_cam(f, x, target, opts, layer):
 
 
 def last_convolution(model: nn.Module) -> str:
-    """The module path of the last convolution in the model's traced graph."""
-    convs = [op.module_path for op in traced(model).ops if op.kind == "conv" and op.module_path]
+    """The module path of the last convolution in the model's traced graph; where relprop
+    cannot trace the model, the last Conv2d module (Grad-CAM needs no relevance rules)."""
+    try:
+        convs = [op.module_path for op in traced(model).ops
+                 if op.kind == "conv" and op.module_path]
+    except (UnsupportedOperation, UntraceableModel):
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("grad-cam needs a convolution; this model has none that is a module")
     return convs[-1]
@@ -248,18 +255,18 @@ _register("integrated-gradients", Recipe(_integrated_gradients), supports_layer=
           summary="the gradient integrated from a baseline to the input: complete (sums to the "
                   "score's difference from the baseline), slower; one batch of the caller's "
                   "size per step.")
-_register("smoothgrad", Recipe(_smoothgrad),
+_register("smoothgrad", Recipe(_smoothgrad, exclusive=True),
           options={"samples": (25, "noisy copies averaged"),
                    "noise": (0.15, "the noise's standard deviation, as a share of the image's "
                                    "value range"),
                    "seed": (0, "the noise's seed (the caller's random state is not touched)")},
           summary="the gradient averaged over noisy copies: less noisy gradients.")
 _register("guided-backprop",
-          Recipe(_guided_backprop, hooks=True, handles=(nn.ReLU,), falls_back_to="gradient"),
+          Recipe(_guided_backprop, exclusive=True, handles=(nn.ReLU,), falls_back_to="gradient"),
           summary="the gradient with negative signals stopped at every ReLU: sharp pictures of "
                   "edges, largely class-independent.")
 _register("deeplift",
-          Recipe(_deeplift, hooks=True, wrap=one_relu_per_call,
+          Recipe(_deeplift, exclusive=True, wrap=one_relu_per_call,
                  handles=(nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus),
                  falls_back_to="gradient-x-input",
                  hint=("input/output attributes",
@@ -272,7 +279,7 @@ _register("deeplift",
                   "(torchvision's ResNet blocks), so relprop hands it a torch.fx copy of the "
                   "graph with one ReLU per call (sharing the model's weights), with `layer=` "
                   "too.")
-_register("grad-cam", Recipe(_grad_cam, hooks=True), supports_layer=True,
+_register("grad-cam", Recipe(_grad_cam, exclusive=True), supports_layer=True,
           options={"target_layer": (None, "the module path the CAM is computed at (None: the "
                                            "last convolution of the traced graph)")},
           summary="Grad-CAM, upsampled to the input: coarse class localisation, no pixel detail; "

@@ -8,7 +8,7 @@ model alive, and a module the user replaced must not be called again.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch.nn as nn
@@ -86,6 +86,8 @@ class Graph:
     output: str
     input_layers: tuple[str, ...] = ()  # the first Linear/Conv layers reached from the input
     output_layer: str | None = None  # the layer whose value the output is, through 1-input ops
+    derived: dict = field(default_factory=dict, repr=False)  # what methods derive from the
+    # graph (the engine's plans), kept with it so that it goes when the graph goes
 
     def op(self, name: str) -> Op:
         return self._by_name[name]

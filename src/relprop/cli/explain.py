@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .. import plot
 from ..api import DEFAULT_METHOD
 from ..registry import methods
-from ..outputs import strict_json
+from ..outputs import strict_json, write_json
 from .common import explain_batch, image_options, job, writing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -127,9 +127,8 @@ def write_summary(out, model_name, method, rows, skipped) -> None:
             w.writeheader()
             w.writerows(records)
     with writing(out / "summary.json"):
-        (out / "summary.json").write_text(json.dumps(
-            {"model": model_name, "method": method, "images": records, "skipped": skipped},
-            indent=2, allow_nan=False))
+        write_json(out / "summary.json", {"model": model_name, "method": method,
+                                          "images": records, "skipped": skipped})
 
 
 def report(rows, skipped, out, model_name, method):

@@ -7,8 +7,9 @@ that scripts call (``POST /api/explain``), so what a script gets is what the pag
 test client tests that API in-process; nothing is fetched from the network (no CDN, no npm build).
 
 The model is loaded once. relprop's explainers keep no per-call state, so requests run side by
-side; only a method that hooks the model's modules while it runs (Captum's guided backprop,
-DeepLift, Grad-CAM, its layer variants) has the model to itself meanwhile (:class:`ModelLock`).
+side; only a method that hooks the model's modules while it runs or draws from the global random
+generator (Captum's guided backprop, DeepLift, Grad-CAM, SmoothGrad, its layer variants) has the
+model to itself meanwhile (:class:`ModelLock`).
 """
 from __future__ import annotations
 
@@ -71,8 +72,11 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
     spec = models.spec(model_name)
     lock = ModelLock()
     all_methods = methods()
-    layers = list(dict.fromkeys(op.module_path for op in traced(model).ops
-                                if op.kind == "conv" and op.module_path))
+    try:
+        layers = list(dict.fromkeys(op.module_path for op in traced(model).ops
+                                    if op.kind == "conv" and op.module_path))
+    except (UnsupportedOperation, UntraceableModel):  # the gradient methods may still work;
+        layers = []  # the propagation methods say why they do not, per request
     modules = {name for name, _ in model.named_modules() if name}
     samples = _samples(images_dir)
 
