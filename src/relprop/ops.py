@@ -268,26 +268,16 @@ def _norm_module(m, args, kwargs):
     return Normalised("passthrough", m, (args[0],), {}, "any")
 
 
-def _norm(fn):
-    return lambda args, kwargs: Normalised("passthrough", fn, tuple(args), dict(kwargs), "any")
-
-
 for _f in (F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm):
-    _function(_f)(_norm(_f))
+    _function(_f)(_activation(_f, "any"))  # called with its settings (shape, weight, eps)
 if hasattr(nn, "RMSNorm"):
     _module(nn.RMSNorm)(_norm_module)
-    _function(F.rms_norm)(_norm(F.rms_norm))
+    _function(F.rms_norm)(_activation(F.rms_norm, "any"))
 
-
-def _stochastic_depth(args, kwargs):
-    """torchvision's stochastic depth, explained in eval mode: the identity."""
-    return Normalised("passthrough", lambda x: x, (args[0],), {}, "same")
-
-
-try:
+try:  # torchvision's stochastic depth, explained in eval mode: the identity, as dropout
     import torchvision.ops as _tv_ops
-    _function(_tv_ops.stochastic_depth)(_stochastic_depth)
-    _module(_tv_ops.StochasticDepth)(lambda m, a, k: _stochastic_depth(a, k))
+    _function(_tv_ops.stochastic_depth)(_elementwise(lambda x: x, "same"))
+    _module(_tv_ops.StochasticDepth)(_identity_module)
 except ImportError:  # torchvision is a dependency; this only keeps ops importable without it
     pass
 
