@@ -10,6 +10,8 @@ compute shapes or sizes are ``meta``: both run in the forward pass but carry no 
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
 import threading
 import weakref
@@ -21,18 +23,35 @@ import torch.nn as nn
 
 from .errors import UnsupportedOperation, UntraceableModel
 from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names
-from . import ops as vocabulary
+from . import decompositions, ops as vocabulary
 from .ops import (LAYER_KINDS, Normalised, UnsupportedCall, is_meta_call, is_tuple_call,
                   module_normaliser, mutates_receiver, normalise_call, piece)
 
 
 class _Tracer(fx.Tracer):
+    """torch.fx's tracer, entering what :mod:`relprop.decompositions` writes out."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if decompositions.of_module(m) is not None:
+            return False
         if module_normaliser(m) is not None:
             return True
         if type(m).__module__.startswith("torch.nn") and not isinstance(m, nn.Sequential):
             return True  # unsupported torch.nn layers stay whole so the error can name them
         return False
+
+    def call_module(self, m, forward, args, kwargs):
+        decomposed = decompositions.of_module(m)
+        if decomposed is not None:
+            forward = functools.partial(decomposed, m)
+        return super().call_module(m, forward, args, kwargs)
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **options):
+        if kind == "call_function":
+            decomposed = decompositions.of_function(target)
+            if decomposed is not None:
+                return decomposed(*args, **kwargs)
+        return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -60,7 +79,10 @@ def trace(model: nn.Module) -> Graph:
     model = unwrap(model)
     try:
         with eval_mode(model):
-            graph = _Tracer().trace(model)
+            fixed = _defaults_after_input(model)
+            graph = _Tracer().trace(model, concrete_args=fixed)
+    except UnsupportedOperation:
+        raise
     except Exception as e:  # torch.fx raises many types; all mean the same to the user
         raise UntraceableModel(
             f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}. "
@@ -68,7 +90,19 @@ def trace(model: nn.Module) -> Graph:
             "offending part in a module and register it with relprop.register_op(...), or mark "
             "it with torch.fx.wrap."
         ) from e
-    return _normalise(graph, model)
+    return _normalise(graph, model, tuple(fixed or ()))
+
+
+def _defaults_after_input(model: nn.Module) -> dict | None:
+    """The forward's optional arguments after the input, at their defaults (timm's ViT takes
+    ``attn_mask=None, is_causal=False``): relprop explains the model called with one tensor."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return defaults or None
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -82,10 +116,11 @@ def traced(model: nn.Module) -> Graph:
     model = unwrap(model)
     with _TRACE_LOCK:
         entry = _TRACES.get(model)
-        if entry is not None and entry[1] == vocabulary.version() and entry[0].matches(model):
+        versions = (vocabulary.version(), decompositions.version())
+        if entry is not None and entry[1] == versions and entry[0].matches(model):
             return entry[2]
         graph = trace(model)
-        _TRACES[model] = (ModuleTree(model), vocabulary.version(), graph)
+        _TRACES[model] = (ModuleTree(model), versions, graph)
         return graph
 
 
@@ -126,12 +161,15 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
     return f"function {mod}.{name}"
 
 
-def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
+def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
+    """relprop's graph of a traced model; ``fixed``: the optional arguments traced at their
+    defaults."""
     ops: list[Op] = []
     status: dict[str, str] = {}  # node -> 'tensor' | 'meta' | 'constant' | 'pieces'
     pieces: dict[str, tuple] = {}  # a tuple call's node -> how to call it
     alias: dict[str, str] = {}  # receiver of an in-place op -> the op
     placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
+    placeholders = placeholders[:1] + placeholders[1 + len(fixed):]  # the traced defaults go
     if len(placeholders) != 1:
         raise UntraceableModel(f"relprop explains models with exactly one input tensor; this one "
                                f"takes {len(placeholders)} ({[n.name for n in placeholders]})")
@@ -147,11 +185,13 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module) -> Graph:
             return type(a)(sub(x) for x in a)
         if isinstance(a, dict):
             return {k: sub(v) for k, v in a.items()}
+        if isinstance(a, slice):
+            return slice(sub(a.start), sub(a.stop), sub(a.step))
         return a
 
     for node in fx_graph.nodes:
         if node.op == "placeholder":
-            status[node.name] = "tensor"
+            status[node.name] = "tensor" if node in placeholders else "constant"
             continue
         if node.op == "get_attr":
             continue
@@ -282,6 +322,14 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
                     f"function torch.{op.fn.__name__} of two tensors", op.name, op.module_path,
                     reason="relprop has rules for the sum and the product of two tensors, "
                            "not for differences or quotients of them")
+        elif op.kind == "matmul":
+            tensors = [a for a in op.args if isinstance(a, Ref) and status.get(a.name) not in
+                       ("meta", "constant")]
+            if len(tensors) != 2:
+                raise UnsupportedOperation(
+                    f"a matrix product with a constant ({op.source})", op.name, op.module_path,
+                    reason="relprop has a rule for the product of two tensors of the input "
+                           "(attention); a layer's weight belongs in F.linear or nn.Linear")
         resolved.append(op)
     # Dead code elimination: keep what the output needs.
     needed = {output}
@@ -305,9 +353,9 @@ def _analyse(graph: Graph) -> None:
         op.input_nonneg = all(i in nonneg for i in op.inputs)
         if op.sign == "nonneg" or (op.sign == "same" and op.input_nonneg):
             nonneg.add(op.name)
-        if op.gate or (op.kind == "movement" and len(op.inputs) == 1 and op.inputs[0] in gates):
+        if op.gate or (_moves_or_copies(op) and op.inputs[0] in gates):
             gates.add(op.name)
-        if op.kind == "product":
+        if op.kind in ("product", "matmul"):
             op.gated = tuple(i in gates for i in op.inputs)
 
     users: dict[str, list[Op]] = {}
@@ -328,6 +376,12 @@ def _analyse(graph: Graph) -> None:
     graph.input_layers = tuple(input_layers)
     layer, _ = output_layer(graph)
     graph.output_layer = layer
+
+
+def _moves_or_copies(op: Op) -> bool:
+    """One input moved around or copied (dropout in eval, ``contiguous``): a gate stays one."""
+    return len(op.inputs) == 1 and (op.kind == "movement" or
+                                    (op.kind == "passthrough" and op.sign == "same"))
 
 
 # Ops through which the output can still be read as one layer's value, elementwise or per class.

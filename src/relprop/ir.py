@@ -109,6 +109,8 @@ def resolve(obj, env: dict):
         return type(obj)(resolve(x, env) for x in obj)
     if isinstance(obj, dict):
         return {k: resolve(v, env) for k, v in obj.items()}
+    if isinstance(obj, slice):  # x[:, :h] with h a size of the input
+        return slice(resolve(obj.start, env), resolve(obj.stop, env), resolve(obj.step, env))
     return obj
 
 
@@ -120,4 +122,6 @@ def ref_names(obj) -> list[str]:
         return [n for x in obj for n in ref_names(x)]
     if isinstance(obj, dict):
         return [n for x in obj.values() for n in ref_names(x)]
+    if isinstance(obj, slice):
+        return ref_names((obj.start, obj.stop, obj.step))
     return []

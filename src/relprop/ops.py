@@ -17,6 +17,10 @@ kind            meaning (``args``)
 ``movement``    a pure rearrangement: reshape, flatten, slicing, ``cat``, zero padding,
                 ``chunk``/``split``/``unbind`` (one op per piece used), ``roll``, ``expand``
 ``product``     the elementwise product of two tensors (a gate, or GLU-like)
+``matmul``      the matrix product of two tensors (``@``, ``bmm``, a two-operand ``einsum``):
+                attention's ``q·kᵀ`` and ``A·v``
+``softmax``     softmax along one dimension; a gate where it weights another tensor
+``norm``        a normalisation layer (LayerNorm, GroupNorm, RMSNorm, ...)
 ==============  =======================================================================
 
 ``register_op`` adds a module class, function or tensor method to this table.
@@ -265,21 +269,78 @@ _MODULES[nn.PReLU] = lambda m, a, k: Normalised("passthrough", m, (a[0],), {}, "
 # through a per-position rescaling).
 @_module(nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
 def _norm_module(m, args, kwargs):
-    return Normalised("passthrough", m, (args[0],), {}, "any")
+    return Normalised("norm", m, (args[0],), {}, "any")
+
+
+def _norm_function(fn):
+    """A functional norm, called with its settings (shape, weight, eps)."""
+    return lambda args, kwargs: Normalised("norm", fn, tuple(args), dict(kwargs), "any")
 
 
 for _f in (F.layer_norm, F.group_norm, F.instance_norm, F.local_response_norm):
-    _function(_f)(_activation(_f, "any"))  # called with its settings (shape, weight, eps)
+    _function(_f)(_norm_function(_f))
 if hasattr(nn, "RMSNorm"):
     _module(nn.RMSNorm)(_norm_module)
-    _function(F.rms_norm)(_activation(F.rms_norm, "any"))
+    _function(F.rms_norm)(_norm_function(F.rms_norm))
+# Unit-length rows (Swin v2's cosine attention normalises q and k): relevance passes, as at a
+# norm layer.
+_function(F.normalize)(_norm_function(F.normalize))
+
+
+# rap-spec §8.5: attention's scores and weights. Softmax is a gate (§8.2) where it weights
+# another tensor; the product of two tensors is its own kind, so that a rule can treat the
+# softmax's factor as a weight.
+def _softmax(fn):
+    def norm(args, kwargs):
+        b = _bind(args, kwargs, ("input", "dim"), {"dim": None})
+        if b["dim"] is None or kwargs.get("dtype") is not None:
+            raise UnsupportedCall("softmax without an explicit dim, or with a dtype")
+        return Normalised("softmax", fn, (b["input"],), {"dim": b["dim"]}, "nonneg", gate=True)
+    return norm
+
+
+_function(F.softmax, torch.softmax)(_softmax(F.softmax))
+_function("softmax")(_softmax(torch.Tensor.softmax))
+
+
+@_module(nn.Softmax)
+def _softmax_module(m, args, kwargs):
+    return _softmax(F.softmax)((args[0], m.dim), {})
+
+
+@_function(operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
+def _matmul(args, kwargs):
+    return Normalised("matmul", torch.matmul, (args[0], args[1]), {})
+
+
+class Einsum:
+    """A two-operand ``torch.einsum`` with its equation bound, callable as ``fn(a, b)``."""
+
+    def __init__(self, equation: str):
+        self.equation = equation
+
+    def __call__(self, a, b):
+        return torch.einsum(self.equation, a, b)
+
+    def __repr__(self):
+        return f"einsum('{self.equation}')"
+
+
+@_function(torch.einsum, torch.functional.einsum)
+def _einsum(args, kwargs):
+    equation, operands = args[0], args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(equation, str) or len(operands) != 2:
+        raise UnsupportedCall("einsum of other than two operands")
+    return Normalised("matmul", Einsum(equation), tuple(operands), {})
 
 try:  # torchvision's stochastic depth, explained in eval mode: the identity, as dropout
     import torchvision.ops as _tv_ops
     _function(_tv_ops.stochastic_depth)(_elementwise(lambda x: x, "same"))
     _module(_tv_ops.StochasticDepth)(_identity_module)
 except ImportError:  # torchvision is a dependency; this only keeps ops importable without it
-    pass
+    _tv_ops = None
 
 
 @_module(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
@@ -327,6 +388,9 @@ for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "
               "swapaxes", "view_as", "reshape_as"):
     _function(_name)(_movement(getattr(torch.Tensor, _name)))
 _module(nn.ChannelShuffle)(lambda m, a, k: Normalised("movement", m, (a[0],), {}, "same"))
+if _tv_ops is not None:  # Swin's patch merging: 2x2 neighbours side by side (pad, slice, cat)
+    from torchvision.models import swin_transformer as _swin
+    _function(_swin._patch_merging_pad)(_movement(_swin._patch_merging_pad))
 
 # Calls that return a tuple of pieces of one tensor; each piece used (``pieces[i]``) becomes a
 # movement op of its own that cuts that piece from the tensor (rap-spec §8.4).

@@ -16,8 +16,11 @@ def _fit(r: torch.Tensor, shape) -> torch.Tensor:
 
 
 @register_rule("passthrough", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
+@register_rule("norm", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
+@register_rule("softmax", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def passthrough(op, relevance, run):
-    """Elementwise ops (ReLU, dropout, ``x * c + t``): relevance passes unchanged."""
+    """Elementwise ops (ReLU, dropout, ``x * c + t``), normalisation layers (rap-spec §8.3) and
+    a softmax that is not a gate: relevance passes unchanged."""
     return (_fit(relevance, run.shape(op.inputs[0])),)
 
 
@@ -113,3 +116,48 @@ def product(op, relevance, run):
                      for name, gate in zip(op.inputs, gated))
     share = relevance / len(op.inputs)
     return tuple(_fit(share, run.shape(name)) for name in op.inputs)
+
+
+def factor_vjps(op, run, cotangent, which):
+    """The vector-Jacobian products of a product of two tensors ``fn(a, b)`` at the factors
+    in ``which`` (indices into ``op.args``), with ``cotangent`` at its output. The product is
+    linear in each factor, so this is the transposed map applied to ``cotangent``; a factor's
+    own value never enters its product's transpose."""
+    a, b = run.args(op)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(i in which) for i, t in enumerate((a, b))]
+        out = op.fn(*leaves, **run.kwargs(op))
+        grads = torch.autograd.grad(out, [leaves[i] for i in which], cotangent)
+    return dict(zip(which, grads))
+
+
+def weight_and_signal(op) -> tuple[int, int] | None:
+    """For a product of two tensors whose one factor is a gate (attention's softmax weights),
+    the positions in ``op.args`` of the weight and the other factor; None otherwise."""
+    gated = dict(zip(op.inputs, op.gated or (False,) * len(op.inputs)))
+    flags = [gated.get(a.name, False) for a in op.args]
+    if len(op.inputs) != 2 or flags.count(True) != 1:
+        return None
+    return flags.index(True), flags.index(False)
+
+
+@register_rule("matmul", method="*", needs_inputs=True, needs_output=True)
+def matmul(op, relevance, run):
+    """rap-spec §8.5 for the product of two tensors ``y = a·b``. Where one factor is attention's
+    softmax weights, they are a weight of the other (as CP-LRP, Ali et al. 2022): all of ``R``
+    goes to the other factor by the z-rule ``b ⊙ ∂(a·b)/∂b (R/y)``. Otherwise each factor gets
+    half of its z-rule share (the uniform rule, AttnLRP Prop. 3.2)."""
+    s = sdiv(relevance, run.output(op))
+    values = run.args(op)
+    roles = weight_and_signal(op)
+    if roles is not None:
+        weight, signal = roles
+        grads = factor_vjps(op, run, s, (signal,))
+        shares = {op.args[signal].name: values[signal] * grads[signal]}
+    else:
+        grads = factor_vjps(op, run, s, (0, 1))
+        shares = {}
+        for i, ref in enumerate(op.args):
+            share = values[i] * grads[i] / 2
+            shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    return tuple(shares.get(name) for name in op.inputs)

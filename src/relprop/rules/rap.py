@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
-from ..ir import resolve
+from ..ir import Ref, resolve
 from ..ops import pad_spec
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
-from .common import operand_shares
+from .common import factor_vjps, matmul as common_matmul, movement as route, operand_shares
+from .common import weight_and_signal
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
@@ -41,12 +42,23 @@ def analyse(graph) -> dict:
         if op.kind in ("linear", "conv"):
             notes[op.name] = {"role": "output" if op.name == out else
                               "input" if op.name in graph.input_layers else "hidden"}
+    for op in graph.ops:
+        if op.kind == "movement" and _has_constant_operand(op):
+            notes[op.name] = {"constant_operand": True}
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
         widths = pad_spec(graph.op(src)) if src in graph else None
         if widths is not None:
             notes[name]["input_pad"] = widths
     return notes
+
+
+def _has_constant_operand(op) -> bool:
+    """A ``cat`` that joins constants to the tokens (ViT's class token, register tokens)."""
+    if op.fn not in (torch.cat, torch.concat) or not op.args:
+        return False
+    operands = op.args[0] if isinstance(op.args[0], (list, tuple)) else op.args[:1]
+    return any(not (isinstance(t, Ref) and t.name in op.inputs) for t in operands)
 
 
 def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -118,17 +130,20 @@ def hidden_layer(op, x, w, relevance):
         pair = sign_pair(op, w[units])
         r = relevance[..., units]
         z = [lin(op, u, pair) for u in signs]
-        if len(signs) == 1:
-            shares = [r]
-        else:
-            mp, mn = sum(split_pair(op, z[0])), sum(split_pair(op, z[1]))
-            m = mp + mn
-            shares = [torch.where(m == 0, r, r * sdiv(mp, m)), r * sdiv(mn, m)]
+        shares = [r] if len(signs) == 1 else split_by_sign(r, sum(split_pair(op, z[0])),
+                                                            sum(split_pair(op, z[1])))
         for i, (u, zi, ri) in enumerate(zip(signs, z, shares)):
             c = lin_t(op, _quotients(op, zi, ri), pair, u.shape)
             back[i] = c if back[i] is None else back[i].add_(c)
             totals[i] = totals[i] + sample_sum(ri)
     return sum(shift(c.mul_(u), total) for c, u, total in zip(back, signs, totals))
+
+
+def split_by_sign(r, magnitude_pos, magnitude_neg):
+    """§7.2: each output unit's relevance split between the x+ and the x- group in proportion to
+    the groups' contribution magnitudes (all to x+ where both are 0)."""
+    m = magnitude_pos + magnitude_neg
+    return [torch.where(m == 0, r, r * sdiv(magnitude_pos, m)), r * sdiv(magnitude_neg, m)]
 
 
 def _unit_blocks(op, w):
@@ -219,3 +234,44 @@ def stable_add(op, relevance, run):
     s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
     scaled = sdiv(relevance, z + eps * s * (a.abs() + b.abs()))
     return operand_shares(op, (a, b), lambda value: (value + eps * s * value.abs()) * scaled)
+
+
+@register_rule("matmul", method="rap", needs_inputs=True, needs_output=True)
+def attention(op, relevance, run):
+    """§8.5: in ``A·V`` with ``A`` attention's softmax weights, ``A`` is a non-negative weight of
+    the tokens of ``V``: the hidden-layer rule (§3, with §7.2 since ``V`` is signed) with
+    ``W = A``, shift included; ``A`` (and so ``Q``, ``K``) gets none. ``W⁻ = 0``, so ``Zb = 0``
+    and each sign group's share is ``u ⊙ Aᵀ(R_g / A·u)``, shifted to its own total. A product
+    of two tensors without a weight among them gets the shared uniform rule."""
+    roles = weight_and_signal(op)
+    if roles is None:
+        return common_matmul(op, relevance, run)
+    weight, signal = roles
+    values = list(run.args(op))
+    v = values[signal]
+    signs = [v.clamp(min=0), (-v).clamp(min=0)]  # |v-| for v-
+    z = []
+    for u in signs:
+        values[signal] = u
+        z.append(op.fn(*values, **run.kwargs(op)))
+    out = torch.zeros_like(v)
+    for u, zi, ri in zip(signs, z, split_by_sign(relevance, z[0], z[1])):
+        back = factor_vjps(op, run, sdiv(ri, zi), (signal,))[signal]
+        out += shift(back.mul_(u), sample_sum(ri))
+    return tuple(out if name == op.args[signal].name else None for name in op.inputs)
+
+
+@register_rule("movement", method="rap", needs_inputs=False, dtypes=WITH_BFLOAT16)
+def movement(op, relevance, run):
+    """§8.6: relevance that a ``cat`` routes to a constant (ViT's class token) goes back to the
+    tensor operands, spread uniformly over their non-zero entries, so that the pixels still sum
+    to the score; every other movement routes it as it came."""
+    shares = route(op, relevance, run)
+    if not run.note(op).get("constant_operand"):
+        return shares
+    routed = [s for s in shares if s is not None]
+    lost = sample_sum(relevance).flatten() - sum(sample_sum(s).flatten() for s in routed)
+    count = sum(sample_sum((s != 0).to(s.dtype)).flatten() for s in routed)
+    delta = sdiv(lost, count)
+    return tuple(None if s is None else
+                 s + (s != 0) * delta.view(-1, *([1] * (s.dim() - 1))) for s in shares)
