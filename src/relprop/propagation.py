@@ -144,6 +144,17 @@ class LRP(Propagation):
         super().__init__(model, method, **options)
 
 
+class AttnLRP(Propagation):
+    """AttnLRP (Achtibat et al., ICML 2024) as LXT 2.1 computes it on torchvision's ViT (see
+    :mod:`relprop.rules.attnlrp`), on unmodified models, in a batch."""
+
+    method = "lrp-attn"
+    start_at_score = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+
+
 def _node(graph, layer: str) -> str:
     if layer in graph and layer != graph.input:
         return layer
@@ -184,6 +195,10 @@ def _lrp(model: nn.Module, method: str, **options) -> LRP:
     return LRP(model, method, **options)
 
 
+def _attn_lrp(model: nn.Module, method: str, **options) -> AttnLRP:
+    return AttnLRP(model, **options)
+
+
 register_method(
     "rap", _propagation, family="propagation", supports_layer=True,
     summary="RAP: relevant and irrelevant parts separated and shifted so that every layer "
@@ -215,3 +230,9 @@ _LRP_SUMMARIES = {
 for _name, _composite in COMPOSITES.items():
     register_method(_name, _lrp, family="propagation", supports_layer=True,
                     options=_composite.options, summary=_LRP_SUMMARIES[_name])
+register_method(
+    "lrp-attn", _attn_lrp, family="propagation", supports_layer=True,
+    summary="AttnLRP (Achtibat et al. 2024) as LXT computes it on torchvision's ViT: LRP-0 at "
+            "layers, identity at activations, LayerNorm with σ held constant, attention's "
+            "weights as a weight of V (CP-LRP); equal to LXT's relevance to 1e-6 of its maximum "
+            "(`tests/test_transformers.py`). For transformers; runs on CNNs too.")

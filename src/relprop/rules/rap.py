@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
 from ..graph import output_layer as find_output_layer
-from ..ir import Ref, resolve
+from ..ir import resolve
 from ..ops import pad_spec
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, matmul as common_matmul, movement as route, operand_shares
@@ -42,23 +42,12 @@ def analyse(graph) -> dict:
         if op.kind in ("linear", "conv"):
             notes[op.name] = {"role": "output" if op.name == out else
                               "input" if op.name in graph.input_layers else "hidden"}
-    for op in graph.ops:
-        if op.kind == "movement" and _has_constant_operand(op):
-            notes[op.name] = {"constant_operand": True}
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
         widths = pad_spec(graph.op(src)) if src in graph else None
         if widths is not None:
             notes[name]["input_pad"] = widths
     return notes
-
-
-def _has_constant_operand(op) -> bool:
-    """A ``cat`` that joins constants to the tokens (ViT's class token, register tokens)."""
-    if op.fn not in (torch.cat, torch.concat) or not op.args:
-        return False
-    operands = op.args[0] if isinstance(op.args[0], (list, tuple)) else op.args[:1]
-    return any(not (isinstance(t, Ref) and t.name in op.inputs) for t in operands)
 
 
 def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -263,13 +252,15 @@ def attention(op, relevance, run):
 
 @register_rule("movement", method="rap", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def movement(op, relevance, run):
-    """§8.6: relevance that a ``cat`` routes to a constant (ViT's class token) goes back to the
-    tensor operands, spread uniformly over their non-zero entries, so that the pixels still sum
-    to the score; every other movement routes it as it came."""
+    """§8.6: relevance that lands where no tensor operand was (a class token joined by ``cat``,
+    a padded border whose tokens a norm made non-zero) goes back to the operands, spread
+    uniformly over their non-zero entries, so that the pixels still sum to the score. Where
+    nothing lands there (a convolution's zero padding gets no relevance), this is the routing
+    of §5 exactly, up to rounding."""
     shares = route(op, relevance, run)
-    if not run.note(op).get("constant_operand"):
-        return shares
     routed = [s for s in shares if s is not None]
+    if not routed or any(s.shape[0] != relevance.shape[0] for s in routed):
+        return shares  # moves the batch dimension: a reshape, which loses nothing
     lost = sample_sum(relevance).flatten() - sum(sample_sum(s).flatten() for s in routed)
     count = sum(sample_sum((s != 0).to(s.dtype)).flatten() for s in routed)
     delta = sdiv(lost, count)

@@ -1,0 +1,97 @@
+"""AttnLRP (Achtibat et al., ICML 2024) as LXT 2.1 computes it on torchvision's ViT
+(``lxt.efficient.monkey_patch(torchvision.models.vision_transformer)``), rule by rule, so that
+the two agree number for number (rap-spec §8.5).
+
+LXT computes LRP as gradient × input with modified gradients. Written out layer by layer that is
+the z-rule ``R_x = x ⊙ Jᵀ(R_y / y)`` through every op that is linear in its input (Linear and
+Conv by LRP-0, a sum, a constant added to a tensor, which keeps its share), the identity rule at
+GELU and the other elementwise activations, LayerNorm with its σ held constant (a linear map of
+the centred input), and inside attention LXT's choice for the ViT, CP-LRP: the softmax weights
+are a weight of V (Q and K get none). The relevance starts at the explained score. Ops outside
+that set (BatchNorm, GroupNorm, pooling) take the rules every propagation method shares.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ir import ModuleCall
+from .registry import register_rule
+from .algebra import lin, lin_t, sdiv
+
+METHOD = "lrp-attn"
+IDENTITY_EPSILON = 1e-10  # LXT's identity rule divides the output by (input + 1e-10)
+
+
+def _with_bias(op, z, b):
+    if b is None:
+        return z
+    return z + (b if op.kind == "linear" else b.view(-1, *([1] * (z.dim() - 2))))
+
+
+@register_rule("linear", method=METHOD)
+@register_rule("conv", method=METHOD)
+def layer(op, relevance, run):
+    """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays)."""
+    x, w, b = run.args(op)
+    z = _with_bias(op, lin(op, x, w), b)
+    return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
+
+
+@register_rule("add", method=METHOD, needs_output=True)
+def add(op, relevance, run):
+    """The z-rule at a sum of two tensors: each operand its share of the sum."""
+    s = sdiv(relevance, run.output(op))
+    a, b = run.args(op)
+    shares = {}
+    for ref, value in zip(op.args, (a, b)):
+        share = value * s
+        share = share if share.shape == value.shape else share.sum_to_size(value.shape)
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    return tuple(shares[n] for n in op.inputs)
+
+
+@register_rule("passthrough", method=METHOD, needs_inputs=True, needs_output=True)
+def passthrough(op, relevance, run):
+    """A constant added to a tensor (ViT's position embedding) keeps its share, as a bias does:
+    ``R_x = x ⊙ R / y``. Everything else elementwise (activations, scaling) passes ``R``."""
+    x = run.args(op)[0]
+    if op.fn in (torch.add, torch.sub):
+        share = x * sdiv(relevance, run.output(op))
+    elif op.fn in (torch.mul, torch.div) or op.sign == "same":  # scaling, dropout, copies
+        share = relevance
+    else:  # an activation: LXT's identity rule, R·x/(x + 1e-10)
+        share = relevance * sdiv(x, x + IDENTITY_EPSILON)
+    return (share if share.shape == x.shape else share.sum_to_size(x.shape),)
+
+
+def _layer_norm_settings(op, run):
+    """(normalised dims, weight, eps) of a LayerNorm op, or None for another norm."""
+    module = op.fn.module if isinstance(op.fn, ModuleCall) else None
+    if isinstance(module, nn.LayerNorm):
+        return len(module.normalized_shape), module.weight, module.eps
+    if op.fn is F.layer_norm:
+        args, kwargs = run.args(op), run.kwargs(op)
+        names = ("input", "normalized_shape", "weight", "bias", "eps")
+        bound = {"weight": None, "eps": 1e-5, **dict(zip(names, args)), **kwargs}
+        return len(bound["normalized_shape"]), bound["weight"], bound["eps"]
+    return None
+
+
+@register_rule("norm", method=METHOD, needs_output=True)
+def norm(op, relevance, run):
+    """LayerNorm with σ held constant: ``y = γ ⊙ (x − mean x)/σ + β`` is then linear in ``x``,
+    and the z-rule through it gives ``R_x = x ⊙ (g − mean g)/σ`` with ``g = γ ⊙ R / y`` (β keeps
+    its share). Other norms pass ``R``."""
+    settings = _layer_norm_settings(op, run)
+    if settings is None:
+        return (relevance,)
+    count, weight, eps = settings
+    x = run.args(op)[0]
+    dims = tuple(range(-count, 0))
+    sigma = (x.var(dim=dims, unbiased=False, keepdim=True) + eps).sqrt()
+    g = sdiv(relevance, run.output(op))
+    if weight is not None:
+        g = g * weight
+    return (x * (g - g.mean(dim=dims, keepdim=True)) / sigma,)
