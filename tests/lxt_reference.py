@@ -1,6 +1,6 @@
 """LXT's input relevance for a torchvision ViT, computed in a process of its own: LXT patches
 GELU, LayerNorm and MultiheadAttention classes globally (``lxt.efficient.monkey_patch``), which
-must not leak into the test process. Usage: ``python lxt_reference.py SPEC SEED OUT``; writes the
+must not leak into the test process. Usage: ``python -m tests.lxt_reference SPEC SEED OUT`` from the repository root; writes the
 model's weights, the inputs, the targets and LXT's relevance to OUT (torch.save)."""
 import sys
 
@@ -8,7 +8,7 @@ import torch
 import torchvision.models.vision_transformer as vision_transformer
 from lxt.efficient import monkey_patch
 
-from transformer_models import build_vit
+from tests.transformer_models import build_vit
 
 
 def main(spec: str, seed: int, out: str) -> None:

@@ -1,0 +1,162 @@
+"""Vision transformers (issue 17; rap-spec §8.5, §8.6): attention traced from unmodified models,
+RAP's attention rule and conservation on every family, lrp-attn against LXT, and every method
+with finite maps.
+
+The families run as small models with the same ops as the full-size builders
+(``transformer_models.build_small``); every full-size torchvision builder is traced and planned
+on the meta device in ``test_zoo.py``, and ``python benchmarks/zoo.py --transformers`` runs them
+at 224x224."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import relprop
+from relprop.rules.rap import shift
+
+from .transformer_models import SMALL, build_small, build_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 2}}
+
+
+def _small(name, dtype=torch.float32):
+    torch.manual_seed(0)
+    model, size = build_small(name)
+    model = model.to(dtype).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return model, x
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_rap_conserves_and_the_graph_computes_the_model(name):
+    """The decomposed attention computes what the model computes, and RAP and rap-stable keep
+    |ΣR − score| ≤ 1e-9·max(1, |score|) in float64 (Swin at a size whose windows pad)."""
+    model, x = _small(name, torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(x)
+    for method in ("rap", "rap-stable"):
+        e = relprop.explain(model, x, target=[1, 7], method=method)
+        assert torch.allclose(e.logits, expected, rtol=0, atol=1e-12), method
+        assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all(), (method, e.delta)
+        assert e.relevance.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_every_method_gives_finite_maps(name):
+    model, x = _small(name)
+    for method in relprop.methods():
+        try:
+            e = relprop.explain(model, x, target=[1, 7], method=method, **QUICK.get(method, {}))
+        except (TypeError, ValueError) as err:  # a method that refuses says so in words
+            assert method.startswith("attention-rollout") and "global attention" in str(err)
+            continue
+        assert e.relevance.shape == x.shape, method
+        assert torch.isfinite(e.relevance).all(), method
+
+
+def test_attention_rule_is_the_hidden_layer_rule_with_the_attention_weights():
+    """§8.5 against an independent matrix form: for one head, out = A·V, each sign group u of V
+    gets u ⊙ Aᵀ(R_g / A·u), R split by the groups' magnitudes, each shifted to its total."""
+    torch.manual_seed(3)
+
+    class Attention(nn.Module):
+        def forward(self, x):  # x: (N, T, D); the scores from x itself
+            a = (x @ x.transpose(-2, -1)).softmax(dim=-1)
+            return (a @ x).flatten(1)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attention, self.head = nn.Linear(4, 3), Attention(), nn.Linear(15, 2)
+
+        def forward(self, x):
+            return self.head(self.attention(self.embed(x)))
+
+    model = Model().double()
+    x = torch.randn(1, 5, 4, dtype=torch.float64)
+    plan = relprop.explainer(model, "rap").plan
+    matmul = [op for op in plan.graph.ops if op.kind == "matmul"][-1]
+    assert matmul.gated == (True, False)
+    from relprop import engine
+    kept = engine.forward(plan, x)
+    v = engine.Run(kept, plan.notes, None, {}).args(matmul)[1]
+    a = (v @ v.transpose(-2, -1)).softmax(-1)
+    r = torch.randn(1, 5, 3, dtype=torch.float64)
+    with torch.no_grad():  # as the engine calls rules
+        (got,) = [s for s in plan.rules[matmul.name].fn(matmul, r, engine.Run(
+            kept, plan.notes, torch.ones(1, dtype=torch.float64), {})) if s is not None]
+    expected = torch.zeros_like(v)
+    zs = [a[0] @ v[0].clamp(min=0), a[0] @ (-v[0]).clamp(min=0)]
+    m = zs[0] + zs[1]
+    shares = [torch.where(m == 0, r[0], r[0] * zs[0] / m), r[0] * zs[1] / m]
+    for u, z, rg in zip((v[0].clamp(min=0), (-v[0]).clamp(min=0)), zs, shares):
+        c = u * (a[0].T @ torch.where(z == 0, 0, rg / z))
+        expected[0] += shift(c[None].clone(), rg.sum().view(1, 1, 1))[0]
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert torch.allclose(got.sum(), r.sum(), atol=1e-12)
+
+
+def test_class_token_relevance_goes_back_to_the_patches():
+    """§8.6: the relevance the class token's position holds at the first layer is not lost."""
+    model, x = _small("vit", torch.float64)
+    e = relprop.explain(model, x, method="rap")
+    assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, atol=1e-12)
+    lrp = relprop.explain(model, x, method="lrp-attn")  # as LXT: the class token keeps it
+    assert not torch.allclose(lrp.relevance.flatten(1).sum(1), lrp.score, atol=1e-6)
+
+
+def test_tracing_patches_nothing():
+    """Decompositions exist only in relprop's graph: MultiheadAttention, the functions and the
+    modules' forward methods are the same objects after a trace."""
+    import torch.nn.functional as F
+    from torchvision.models import swin_transformer
+    before = (nn.MultiheadAttention.forward, F.scaled_dot_product_attention,
+              swin_transformer.shifted_window_attention, nn.LayerNorm.forward, nn.GELU.forward)
+    for name in ("vit", "swin"):
+        relprop.explain(*_small(name), method="rap")
+    assert before == (nn.MultiheadAttention.forward, F.scaled_dot_product_attention,
+                      swin_transformer.shifted_window_attention, nn.LayerNorm.forward,
+                      nn.GELU.forward)
+
+
+def test_cross_attention_is_refused_in_words():
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention, self.head = nn.MultiheadAttention(4, 2, batch_first=True), \
+                nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.attention(x, x * 2, x * 2)[0].mean(1))
+
+    with pytest.raises(relprop.UnsupportedOperation, match="cross-attention"):
+        relprop.explainer(Cross(), "rap")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lxt") is None, reason="LXT is a test extra")
+@pytest.mark.parametrize("spec", ["small", "vit_b_16"])
+def test_lrp_attn_equals_lxt(spec, tmp_path):
+    """lrp-attn = LXT 2.1's input relevance after monkey_patch(torchvision's ViT), random
+    weights, float64, to 1e-6·max|LXT| per image. LXT patches torch classes globally, so it runs
+    in a process of its own."""
+    out = tmp_path / "lxt.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    subprocess.run([sys.executable, "-m", "tests.lxt_reference", spec, "0", str(out)],
+                   cwd=ROOT, check=True, env=env)
+    ref = torch.load(out)
+    model = build_vit(spec).double().eval()
+    model.load_state_dict(ref["state"])
+    e = relprop.explain(model, ref["x"], target=ref["target"], method="lrp-attn")
+    lxt = ref["relevance"]
+    error = (e.relevance - lxt).flatten(1).abs().amax(1)
+    assert (error <= 1e-6 * lxt.flatten(1).abs().amax(1)).all(), error
