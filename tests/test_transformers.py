@@ -160,3 +160,53 @@ def test_lrp_attn_equals_lxt(spec, tmp_path):
     lxt = ref["relevance"]
     error = (e.relevance - lxt).flatten(1).abs().amax(1)
     assert (error <= 1e-6 * lxt.flatten(1).abs().amax(1)).all(), error
+
+
+def test_attention_rollout_equals_the_rollout_of_the_modules_own_weights():
+    """The plain rollout from the attention weights nn.MultiheadAttention itself returns
+    (need_weights=True), against relprop's from its traced graph."""
+    import torch.nn.functional as F
+    model, x = _small("vit", torch.float64)
+    inputs = []
+    hooks = [layer.self_attention.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+             for layer in model.encoder.layers]
+    with torch.no_grad():
+        model(x)
+        weights = [layer.self_attention(h, h, h, need_weights=True,
+                                        average_attn_weights=False)[1]
+                   for layer, h in zip(model.encoder.layers, inputs)]
+    for hook in hooks:
+        hook.remove()
+    tokens = weights[0].shape[-1]
+    rollout = torch.eye(tokens, dtype=x.dtype).expand(len(x), tokens, tokens)
+    for a in weights:
+        mixed = (a.mean(1) + torch.eye(tokens, dtype=x.dtype)) / 2
+        rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
+    patches = rollout[:, 0, 1:].reshape(len(x), 1, 4, 4)
+    expected = F.interpolate(patches, size=x.shape[2:], mode="bilinear", align_corners=False)
+    e = relprop.explain(model, x, method="attention-rollout")
+    assert torch.allclose(e.heatmap, expected[:, 0], atol=1e-12)
+
+
+def test_gradient_rollout_depends_on_the_class_and_plain_rollout_does_not():
+    model, x = _small("timm-vit")
+    plain = [relprop.explain(model, x, target=t, method="attention-rollout").relevance
+             for t in (1, 7)]
+    grad = [relprop.explain(model, x, target=t, method="attention-rollout-grad").relevance
+            for t in (1, 7)]
+    assert torch.equal(plain[0], plain[1])
+    assert not torch.allclose(grad[0], grad[1])
+    assert (grad[0] >= 0).all() and grad[0].sum() > 0
+
+
+@pytest.mark.parametrize("name, layer, grid", [
+    ("vit", "encoder.layers.encoder_layer_0", (4, 4)),  # (N, 1 + 16, C): the class token goes
+    ("timm-vit", "blocks.5", (4, 4)),
+    ("swin", "features.1", (9, 9)),  # a stage of blocks, channels last
+])
+def test_layer_gives_a_patch_map_of_the_blocks_tokens(name, layer, grid):
+    model, x = _small(name)
+    for method in ("rap-stable", "lrp-attn"):
+        e = relprop.explain(model, x, method=method, layer=layer)
+        assert e.relevance.shape == (len(x), *grid), method
+        assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0

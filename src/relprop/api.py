@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from . import propagation  # noqa: F401  (registers rap, rap-stable, the LRP composites first)
 from . import gradients  # noqa: F401,I001  (then the gradient family)
+from . import rollout  # noqa: F401,I001  (then the attention baselines)
 from .explainer import Explainer, Target
 from .explanation import Explanation, class_scores
 from .graph import unwrap

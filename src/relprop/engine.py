@@ -108,7 +108,24 @@ class Run:
 
 
 def forward(plan: Plan, x: torch.Tensor) -> Forward:
-    graph = plan.graph
+    return _execute(plan.graph, x, plan.free_forward)
+
+
+def values(graph: Graph, x: torch.Tensor, keep) -> Forward:
+    """One forward pass that keeps the output and the values named in ``keep``: for methods
+    that read values off the graph instead of propagating (attention rollout)."""
+    last_use: dict[str, int] = {}
+    for i, op in enumerate(graph.ops):
+        for name in ref_names((op.args, op.kwargs)):
+            last_use[name] = i
+    free: list[list[str]] = [[] for _ in graph.ops]
+    for name, i in last_use.items():
+        if name not in keep and name != graph.output:
+            free[i].append(name)
+    return _execute(graph, x, free)
+
+
+def _execute(graph: Graph, x: torch.Tensor, free: list[list[str]]) -> Forward:
     env = {graph.input: x}
     shapes = {graph.input: x.shape}
     for i, op in enumerate(graph.ops):
@@ -119,7 +136,7 @@ def forward(plan: Plan, x: torch.Tensor) -> Forward:
         env[op.name] = value
         if op.kind not in ("meta", "constant"):
             shapes[op.name] = value.shape
-        for name in plan.free_forward[i]:
+        for name in free[i]:
             env.pop(name, None)
     return Forward(env, shapes)
 

@@ -18,6 +18,7 @@ from .graph import traced
 from .ir import Attr
 from .registry import Option, register_method
 from .ops import pad_spec
+from .tokens import token_map
 from .rules.lrp import COMPOSITES
 
 
@@ -103,7 +104,10 @@ class Propagation(Explainer):
         if self.start_at_score:
             start = start * logits
         with torch.no_grad():  # rules that route relevance through autograd enable it
-            return engine.backward(plan, kept, start, call.score, call.options, stop)
+            relevance = engine.backward(plan, kept, start, call.score, call.options, stop)
+        if stop is not None and has_attention(plan.graph):  # a block's tokens: a patch map
+            relevance = token_map(relevance, *call.inputs.shape[2:])
+        return relevance
 
 
 class RAP(Propagation):
@@ -155,10 +159,17 @@ class AttnLRP(Propagation):
         super().__init__(model)
 
 
+def has_attention(graph) -> bool:
+    """Whether the graph has attention: a product weighted by softmax weights (§8.5)."""
+    return any(op.kind == "matmul" and any(op.gated) for op in graph.ops)
+
+
 def _node(graph, layer: str) -> str:
     if layer in graph and layer != graph.input:
         return layer
     ops = [op.name for op in graph.ops if op.module_path == layer]
+    if not ops:  # a container (a stage, a block): its last op
+        ops = [op.name for op in graph.ops if (op.module_path or "").startswith(layer + ".")]
     if not ops:
         paths = list(dict.fromkeys(op.module_path for op in graph.ops
                                    if op.module_path and op.kind in ("conv", "linear")))
