@@ -5,8 +5,9 @@
 
     python benchmarks/stability.py                    # the ResNet-10 (residual additions)
     python benchmarks/stability.py --network mbconv   # the EfficientNet in miniature (SiLU, SE)
+    python benchmarks/stability.py --network vit      # a vision transformer (attention)
 
-They write benchmarks/results/stability-digits{,-mbconv}.{json,md}. The images' own predicted
+They write benchmarks/results/stability-digits{,-mbconv,-vit}.{json,md}. The images' own predicted
 classes; float32, as ``relprop evaluate`` explains; every method sees the same noisy inputs.
 """
 from __future__ import annotations
@@ -27,11 +28,13 @@ sys.path.insert(0, str(ROOT))
 import relprop  # noqa: E402
 from relprop.evaluate import perturbation as pert  # noqa: E402
 from relprop.evaluate.stability import SIGMAS, STABLE, stability  # noqa: E402
-from tests.digits import train_digits_mbconv, train_digits_resnet  # noqa: E402
+from tests.digits import train_digits_mbconv, train_digits_resnet, train_digits_vit  # noqa: E402
 
 NETWORKS = {"resnet": (train_digits_resnet, "ResNet-10 on scikit-learn digits", ""),
             "mbconv": (train_digits_mbconv, "EfficientNet in miniature (MBConv: SiLU, SE gates) "
-                                            "on scikit-learn digits", "-mbconv")}
+                                            "on scikit-learn digits", "-mbconv"),
+            "vit": (train_digits_vit, "ViT (torchvision's VisionTransformer: 4 layers, 4 heads, "
+                                      "4x4 patches) on scikit-learn digits", "-vit")}
 PERTURBATION = pert.Settings(region=4, steps=32, fill="uniform", batch_size=33)
 
 

@@ -210,3 +210,32 @@ def test_layer_gives_a_patch_map_of_the_blocks_tokens(name, layer, grid):
         e = relprop.explain(model, x, method=method, layer=layer)
         assert e.relevance.shape == (len(x), *grid), method
         assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def digits_vit():
+    from .digits import train_digits_vit
+    model, accuracy, images = train_digits_vit()
+    assert accuracy >= 0.9, f"the fixture transformer did not learn the digits ({accuracy:.2f})"
+    return model, images
+
+
+def test_attention_keeps_rap_stable_stable_and_rap_is_not(digits_vit):
+    """On a trained ViT, float64, Gaussian noise of std 1e-3: rap-stable (which changes only the
+    residual additions) keeps its maps, so the attention rule is not what moves them; the
+    paper's rule at the additions does (benchmarks/stability.py --network vit: 0.33 against
+    0.999 in float32)."""
+    import copy
+    model, images = digits_vit
+    model64, x = copy.deepcopy(model).double(), images[:16].double()
+    noise = 1e-3 * torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    median = {}
+    for method in ("rap", "rap-stable", "lrp-attn"):
+        clean = relprop.explain(model64, x, method=method)
+        noisy = relprop.explain(model64, x + noise, clean.target, method=method)
+        pairs = torch.stack([clean.heatmap.flatten(1), noisy.heatmap.flatten(1)], 1)
+        median[method] = torch.stack([torch.corrcoef(p)[0, 1] for p in pairs]).median()
+        assert method == "lrp-attn" or (clean.delta.abs() <= 1e-9 * clean.score.abs().clamp(min=1)).all()
+            or method == "lrp-attn"
+    assert median["rap-stable"] >= 0.99 and median["lrp-attn"] >= 0.99, median
+    assert median["rap"] < 0.9, median
