@@ -241,6 +241,13 @@ for _version in ("1_0", "1_1"):
     _n = f"squeezenet{_version}"
     REGISTRY[_n] = _torchvision_spec(_n, f"SqueezeNet {_version.replace('_', '.')}")
 REGISTRY["efficientnet_lite0"] = _efficientnet_lite0()
+for _n, _d, _kw in (("vit_b_16", "ViT-B/16", {}), ("vit_b_32", "ViT-B/32", {}),
+                    ("vit_l_16", "ViT-L/16", {}),
+                    ("vit_h_14", "ViT-H/14 (518x518, SWAG weights)", {"image_size": 518}),
+                    ("swin_t", "Swin-T", {}), ("swin_s", "Swin-S", {}), ("swin_b", "Swin-B", {}),
+                    ("swin_v2_t", "Swin-V2-T", {}), ("swin_v2_s", "Swin-V2-S", {}),
+                    ("swin_v2_b", "Swin-V2-B", {}), ("maxvit_t", "MaxViT-T", {})):
+    REGISTRY[_n] = _torchvision_spec(_n, _d, **_kw)
 
 DEFAULT = "vgg16"
 FALLBACK = "efficientnet_lite0"

@@ -18,25 +18,18 @@ import torch.nn.functional as F
 
 from ..ir import ModuleCall
 from .registry import register_rule
-from .algebra import lin, lin_t, sdiv
+from .algebra import lin_t, sdiv
 
 METHOD = "lrp-attn"
 IDENTITY_EPSILON = 1e-10  # LXT's identity rule divides the output by (input + 1e-10)
 
 
-def _with_bias(op, z, b):
-    if b is None:
-        return z
-    return z + (b if op.kind == "linear" else b.view(-1, *([1] * (z.dim() - 2))))
-
-
-@register_rule("linear", method=METHOD)
-@register_rule("conv", method=METHOD)
+@register_rule("linear", method=METHOD, needs_output=True)
+@register_rule("conv", method=METHOD, needs_output=True)
 def layer(op, relevance, run):
     """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays)."""
-    x, w, b = run.args(op)
-    z = _with_bias(op, lin(op, x, w), b)
-    return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
+    x, w, _ = run.args(op)
+    return (x * lin_t(op, sdiv(relevance, run.output(op)), w, x.shape),)
 
 
 @register_rule("add", method=METHOD, needs_output=True)
