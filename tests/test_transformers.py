@@ -239,3 +239,55 @@ def test_attention_keeps_rap_stable_stable_and_rap_is_not(digits_vit):
         assert conserves or method == "lrp-attn", (method, clean.delta)
     assert median["rap-stable"] >= 0.99 and median["lrp-attn"] >= 0.99, median
     assert median["rap"] < 0.9, median
+
+
+def test_compare_and_evaluate_take_a_timm_transformer(tmp_path):
+    """``--model timm:deit_tiny_patch16_224`` with a checkpoint: compare's grid and evaluate's
+    figures, as for any model."""
+    import json
+
+    import timm
+
+    from relprop import cli
+    torch.manual_seed(0)
+    path = tmp_path / "deit.pth"
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), path)
+    model = ["--model", "timm:deit_tiny_patch16_224", "--weights", str(path)]
+    methods = "rap-stable,lrp-attn,attention-rollout-grad"
+    assert cli.main(["compare", *model, "--methods", methods, "--out",
+                     str(tmp_path / "compare")]) == 0
+    assert (tmp_path / "compare" / "compare.png").stat().st_size > 0
+    assert cli.main(["evaluate", *model, "--methods", "rap-stable,attention-rollout", "--limit",
+                     "2", "--metrics", "perturbation", "--steps", "4", "--region", "56",
+                     "--out", str(tmp_path / "evaluate")]) == 0
+    summary = json.loads((tmp_path / "evaluate" / "summary.json").read_text())
+    assert set(summary["methods"]) >= {"rap-stable", "attention-rollout"}
+
+
+@pytest.mark.parametrize("name, layer", [("vit", "encoder.layers.encoder_layer_1.ln_1"),
+                                         ("swin", "features.3.1.norm1"),
+                                         ("timm-vit", "blocks.11.norm1")])
+def test_grad_cam_on_a_transformer_uses_the_token_map_the_last_attention_reads(name, layer):
+    """The default layer is the last block's first norm; the CAM there is the channels weighted
+    by their token-averaged gradient, summed and ReLU'd, computed here by hand with a hook."""
+    import torch.nn.functional as F
+
+    from relprop.gradients import last_token_layer
+    model, x = _small(name)
+    assert last_token_layer(model) == layer
+    e = relprop.explain(model, x, target=[1, 7], method="grad-cam")
+    kept = []
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: kept.append(o))
+    xi = x.clone().requires_grad_()
+    logits = model(xi)
+    hook.remove()
+    (g,) = torch.autograd.grad(logits[[0, 1], [1, 7]].sum(), kept[0])
+    a = kept[0]
+    if a.dim() == 3:
+        a, g, side = a[:, 1:], g[:, 1:], int((a.shape[1] - 1) ** 0.5)
+    else:
+        a, g, side = a.flatten(1, 2), g.flatten(1, 2), a.shape[1]
+    cam = (g.mean(1, keepdim=True) * a).sum(-1).clamp(min=0).reshape(-1, 1, side, side)
+    expected = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(e.heatmap, expected[:, 0], atol=1e-6 * float(expected.abs().max()))
+    assert e.heatmap.abs().sum() > 0

@@ -211,14 +211,73 @@ def _grad_cam(f, x, target, opts, layer):
             raise ValueError("grad-cam takes layer= (the CAM at that layer's resolution) or "
                              "target_layer= (the CAM there, upsampled to the input), not both")
         return LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
-    path = opts["target_layer"] or last_convolution(f.model)
+    path = opts["target_layer"]
+    if path is None:  # a transformer's token map where it has one (not MaxViT's windows)
+        tokens = last_token_layer(f.model)
+        found = _token_cam(f, x, target, f.model.get_submodule(tokens)) if tokens else None
+        if found is not None:
+            return found
+        path = last_convolution(f.model)
     try:
         at = f.model.get_submodule(path)
     except AttributeError:
         raise ValueError(f"grad-cam: the model has no module '{path}'; pass target_layer= a "
                          f"module path such as '{last_convolution(f.model)}'") from None
+    tokens = _token_cam(f, x, target, at)
+    if tokens is not None:
+        return tokens
     cam = LayerGradCam(f, at).attribute(x, target=target, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    return cam.expand_as(x) / x.shape[1]
+
+
+def last_token_layer(model: nn.Module) -> str | None:
+    """On a transformer, the module whose output the last attention reads (the last block's
+    first norm, as is usual for Grad-CAM on ViTs: later, only the class token's row still
+    reaches the output); None on a model without attention or where relprop cannot trace it."""
+    try:
+        graph = traced(model)
+    except (UnsupportedOperation, UntraceableModel):
+        return None
+    last = None
+    for op in graph.ops:
+        if op.kind == "matmul" and any(op.gated):
+            last = op
+    if last is None:
+        return None
+    paths = [op.module_path for op in graph.ops[:graph.ops.index(last)]
+             if op.kind == "norm" and op.module_path]
+    return paths[-1] if paths else None
+
+
+def _token_cam(f, x, target, module: nn.Module):
+    """Grad-CAM on a token map: the channels of ``module``'s output (N, T, C) after its prefix
+    tokens, or (N, H, W, C) channels last, weighted by their gradient averaged over the
+    tokens, summed, ReLU'd and upsampled. None where the output is no token map (a CNN's
+    (N, C, H, W): Captum's LayerGradCam)."""
+    import torch.nn.functional as F
+
+    from .tokens import patch_grid
+    kept = []
+    hook = module.register_forward_hook(lambda m, i, out: kept.append(out))
+    try:
+        logits = f(x)
+    finally:
+        hook.remove()
+    a = kept[-1]
+    height, width = x.shape[2:]
+    if a.dim() == 3 and patch_grid(a.shape[1], height, width) is not None:
+        prefix, rows, cols = patch_grid(a.shape[1], height, width)
+        (g,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), a)
+        a, g = a[:, prefix:], g[:, prefix:]
+    elif a.dim() == 4 and a.shape[1] * width == a.shape[2] * height and a.shape[3] != a.shape[1]:
+        rows, cols = a.shape[1:3]
+        (g,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), a)
+        a, g = a.flatten(1, 2), g.flatten(1, 2)
+    else:
+        return None
+    cam = (g.mean(1, keepdim=True) * a).sum(-1).clamp(min=0).reshape(-1, 1, rows, cols)
+    cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)
     return cam.expand_as(x) / x.shape[1]
 
 
@@ -281,6 +340,8 @@ _register("deeplift",
                   "too.")
 _register("grad-cam", Recipe(_grad_cam, exclusive=True), supports_layer=True,
           options={"target_layer": (None, "the module path the CAM is computed at (None: the "
-                                           "last convolution of the traced graph)")},
+                                           "last convolution of the traced graph; on a "
+                                           "transformer the last block's first norm)")},
           summary="Grad-CAM, upsampled to the input: coarse class localisation, no pixel detail; "
-                  "`layer=` gives the CAM at that layer's own resolution.")
+                  "`layer=` gives the CAM at that layer's own resolution. On a transformer, "
+                  "on the token map the last attention reads (the last block's first norm).")
