@@ -10,7 +10,9 @@ import relprop
 from relprop import models
 
 FAMILIES = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "efficientnet_lite0": 32}
-CANNOT: dict = {}  # (family, method) -> what the error says, where a method cannot run
+CANNOT: dict = {  # (family, method) -> what the error says, where a method cannot run
+    (name, method): "needs a transformer" for name in FAMILIES
+    for method in relprop.methods("attention")}
 
 
 @functools.lru_cache(maxsize=None)

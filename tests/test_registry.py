@@ -97,7 +97,8 @@ def test_every_method_declares_itself_in_the_registry():
     assert relprop.methods() == [s.name for s in registry.specs()]
     assert relprop.methods()[:2] == ["rap", "rap-stable"]
     for spec in registry.specs():
-        assert spec.family in ("propagation", "gradient") and spec.summary.endswith(".")
+        assert spec.family in ("propagation", "gradient", "attention") \
+            and spec.summary.endswith(".")
         assert all(o.doc for o in spec.options)
     with pytest.raises(ValueError, match="unknown method 'nope'; available: rap, rap-stable"):
         relprop.explain(_vgg(), torch.randn(1, 3, 32, 32), method="nope")

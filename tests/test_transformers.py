@@ -260,8 +260,9 @@ def test_compare_and_evaluate_take_a_timm_transformer(tmp_path):
     assert cli.main(["evaluate", *model, "--methods", "rap-stable,attention-rollout", "--limit",
                      "2", "--metrics", "perturbation", "--steps", "4", "--region", "56",
                      "--out", str(tmp_path / "evaluate")]) == 0
-    summary = json.loads((tmp_path / "evaluate" / "summary.json").read_text())
-    assert set(summary["methods"]) >= {"rap-stable", "attention-rollout"}
+    record = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert record["methods"] == ["rap-stable", "attention-rollout"]
+    assert record["model"] == "timm:deit_tiny_patch16_224" and record["images"] == 2
 
 
 @pytest.mark.parametrize("name, layer", [("vit", "encoder.layers.encoder_layer_1.ln_1"),
@@ -291,3 +292,25 @@ def test_grad_cam_on_a_transformer_uses_the_token_map_the_last_attention_reads(n
     expected = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
     assert torch.allclose(e.heatmap, expected[:, 0], atol=1e-6 * float(expected.abs().max()))
     assert e.heatmap.abs().sum() > 0
+
+
+def test_every_method_by_default_leaves_out_what_does_not_apply(tmp_path, capsys):
+    """``relprop compare`` without --methods on a CNN runs every method but attention rollout,
+    and says so; asked for by name, rollout on a CNN is one line and exit status 2."""
+    import json
+
+    from relprop import cli
+    torch.manual_seed(0)
+    path = tmp_path / "squeezenet.pth"
+    import torchvision
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
+    model = ["--model", "squeezenet1_1", "--weights", str(path)]
+    sample = ["--out", str(tmp_path / "compare")]
+    assert cli.main(["compare", *model, *sample]) == 0
+    chosen = json.loads((tmp_path / "compare" / "compare.json").read_text())["methods"]
+    assert chosen == [m for m in relprop.methods() if m not in relprop.methods("attention")]
+    err = capsys.readouterr().err
+    assert "attention-rollout, attention-rollout-grad left out" in err
+    assert cli.main(["compare", *model, "--methods", "attention-rollout", *sample]) == 2
+    err = capsys.readouterr().err
+    assert "needs a transformer" in err and "Traceback" not in err

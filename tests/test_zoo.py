@@ -85,6 +85,10 @@ def test_the_smallest_of_each_family_runs_every_method_and_conserves(family):
     model = _with_statistics(build(name)).eval()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     for method in relprop.methods():
+        if method in relprop.methods("attention"):  # attention rollout: transformers only
+            with pytest.raises(relprop.errors.NotApplicable, match="needs a transformer"):
+                relprop.explainer(model, method)
+            continue
         e = relprop.explain(model, x, target=[1, 7], method=method, **QUICK.get(method, {}))
         assert e.relevance.shape == x.shape, method
         assert torch.isfinite(e.relevance).all(), method

@@ -1,6 +1,5 @@
 """Transformers for the tests, with random weights that make every part matter: torchvision
 sets the ViT head to zeros, which would give a score of 0, so heads are drawn again."""
-import torch
 import torch.nn as nn
 import torchvision
 

@@ -3,7 +3,7 @@ import importlib
 
 from .api import (DEFAULT_METHOD, LRP, RAP, Explainer, Explanation, StableRAP, explain,
                   explainer)
-from .errors import UnsupportedOperation, UntraceableModel
+from .errors import NotApplicable, UnsupportedOperation, UntraceableModel
 from .explainer import Call
 from .graph import trace
 from .registry import MethodSpec, Option, get_method, methods, register_method
@@ -11,7 +11,7 @@ from .ops import register_op
 from .rules import register_rule
 
 __version__ = "0.1.0"
-__all__ = ["RAP", "StableRAP", "LRP", "Explainer", "Call", "Explanation", "explain", "explainer",
+__all__ = ["NotApplicable", "RAP", "StableRAP", "LRP", "Explainer", "Call", "Explanation", "explain", "explainer",
            "UnsupportedOperation", "UntraceableModel", "register_op", "register_rule",
            "register_method", "get_method", "MethodSpec", "Option", "methods", "trace",
            "DEFAULT_METHOD"]

@@ -22,6 +22,11 @@ class UnsupportedOperation(TypeError):
         )
 
 
+class NotApplicable(ValueError):
+    """A method that does not apply to this kind of model (attention rollout on a CNN, or on
+    windowed attention): runs over every method leave it out, with a note."""
+
+
 class UntraceableModel(TypeError):
     """torch.fx could not trace the model (data-dependent control flow and the like)."""
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import engine
-from .errors import ForwardError
+from .errors import ForwardError, NotApplicable
 from .explainer import Call, Explainer
 from .graph import traced
 from .registry import register_method
@@ -32,7 +32,18 @@ class AttentionRollout(Explainer):
 
     def __init__(self, model: nn.Module, method: str, **options):
         super().__init__(model, method, **options)
-        self._attention(self.model)
+        graph, weights = self._attention(self.model)
+        shapes = _probe(self.model, graph, weights)
+        if shapes is not None:
+            self._check_global(shapes, 1)
+
+    def _check_global(self, shapes, n: int) -> None:
+        tokens = shapes[0][-1]
+        if any(len(s) != 4 or s[0] != n or tuple(s[-2:]) != (tokens, tokens) for s in shapes):
+            raise NotApplicable(
+                f"{self.method} needs global attention over one token sequence in every layer "
+                f"(ViT, DeiT); this model attends within windows (attention of shapes "
+                f"{sorted({tuple(s) for s in shapes})}). Use rap-stable or lrp-attn.")
 
     def _attention(self, model: nn.Module) -> tuple:
         graph = traced(model)
@@ -42,7 +53,7 @@ class AttentionRollout(Explainer):
             if roles:
                 weights.append(op.args[roles[0]].name)
         if not weights:
-            raise ValueError(f"{self.method} needs a transformer: the traced graph of "
+            raise NotApplicable(f"{self.method} needs a transformer: the traced graph of "
                              f"{type(model).__name__} has no attention (softmax weights of a "
                              "product); use rap-stable, lrp-attn or grad-cam")
         return graph, weights
@@ -62,12 +73,7 @@ class AttentionRollout(Explainer):
         attention = call.state
         n, _, height, width = call.inputs.shape
         tokens = attention[0].shape[-1]
-        if any(a.dim() != 4 or a.shape[0] != n or a.shape[-2:] != (tokens, tokens)
-               for a in attention):
-            raise ValueError(
-                f"{self.method} needs global attention over one token sequence in every layer "
-                f"(ViT, DeiT); this model attends within windows (attention of shapes "
-                f"{sorted({tuple(a.shape) for a in attention})}). Use rap-stable or lrp-attn.")
+        self._check_global([a.shape for a in attention], n)
         grid = patch_grid(tokens, height, width)
         if grid is None:
             raise ValueError(f"{self.method}: {tokens} tokens are no grid of patches of a "
@@ -89,6 +95,33 @@ class AttentionRollout(Explainer):
         patches = row[:, prefix:].reshape(n, 1, rows, cols)
         heat = F.interpolate(patches, size=(height, width), mode="bilinear", align_corners=False)
         return (heat / call.inputs.shape[1]).expand_as(call.inputs).to(call.inputs.dtype)
+
+
+def _probe(model: nn.Module, graph, weights) -> list | None:
+    """The attention weights' shapes for one image of the size the model says it takes (a
+    torchvision ViT's ``image_size``, timm's configuration, else 224), computed on fake tensors
+    (no memory, no arithmetic); None where no such size runs."""
+    import logging
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    sizes = [getattr(model, "image_size", None),
+             (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (0, 0, None))[-1],
+             224, 256, 32, 64]
+    channels = next((p.shape[1] for p in model.parameters() if p.dim() == 4), 3)
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level, log.level = log.level, logging.CRITICAL  # a size that fails is no error to show
+    try:
+        for size in dict.fromkeys(s for s in sizes if isinstance(s, int)):
+            try:
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    kept = engine.values(graph, torch.empty(1, channels, size, size),
+                                         set(weights))
+                    return [tuple(kept.env[n].shape) for n in weights]
+            except Exception:  # noqa: BLE001  (a size the model does not take: the next)
+                continue
+    finally:
+        log.level = level
+    return None
 
 
 def _build(model: nn.Module, method: str, **options) -> AttentionRollout:

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from .. import models, plot, prepare
 from ..api import explainer as make_explainer
-from ..errors import UnsupportedOperation, UntraceableModel
+from ..errors import NotApplicable, UnsupportedOperation, UntraceableModel
 from ..images import UnreadableImage, load_image
+from ..registry import methods
 
 NAME_BYTES = 100  # output names stay well below file systems' 255-byte limit on a file name
 
@@ -205,7 +206,7 @@ def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
         target = prepare.target(args.target, loaded.class_names)
         with prepare.out_of_memory(f"moving {loaded.name} to {device}", "use --device cpu"):
             model = loaded.model.to(device, dtype)
-    explainers = {m: explainer(model, m, dtype, layer) for m in chosen}
+    explainers = explainers_for(model, chosen, dtype, layer)
     found = inputs(args.images, models.spec(loaded.name).resize)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -213,16 +214,43 @@ def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
                target, device, dtype, out, explainers, found)
 
 
-def explainer(model, method, dtype=torch.float32, layer=None):
+def explainer(model, method, dtype=torch.float32, layer=None, inapplicable_fails=True):
     """A function from a batch and its target to its Explanation. Made now, so that an op the
     method cannot explain, a precision it is not tested in or a layer the model does not have
-    stops the run before any image is read."""
+    stops the run before any image is read. A method that does not apply to the model raises
+    NotApplicable where ``inapplicable_fails`` is false."""
     try:
         made = make_explainer(model, method)
         made.check(dtype=dtype, layer=layer)
+    except NotApplicable:
+        if not inapplicable_fails:
+            raise
+        raise Failure(str(sys.exc_info()[1])) from None
     except (UnsupportedOperation, UntraceableModel, ValueError) as e:
         raise Failure(str(e)) from None
     return lambda x, target: made.explain(x, target, layer)
+
+
+def explainers_for(model, chosen, dtype=torch.float32, layer=None) -> dict:
+    """The explainers of the ``chosen`` methods; None: every method that applies to the model
+    (attention rollout only to transformers with global attention), with a note on the ones
+    left out."""
+    if chosen is not None:
+        return {m: explainer(model, m, dtype, layer) for m in chosen}
+    made, left = {}, []
+    for method in methods():
+        try:
+            made[method] = explainer(model, method, dtype, layer, inapplicable_fails=False)
+        except NotApplicable as e:
+            left.append((method, str(e)))
+    if left:
+        print(f"note: {', '.join(m for m, _ in left)} left out: {left[0][1]}", file=sys.stderr)
+    return made
+
+
+def method_choice(given: str | None) -> list[str] | None:
+    """``--methods``: the methods named, or None (every method that applies to the model)."""
+    return choices(given, methods(), "--methods") if given else None
 
 
 def explain_batch(explain, x, target):
@@ -236,4 +264,5 @@ def explain_batch(explain, x, target):
 
 __all__ = ["Failure", "one_line", "phrased", "model_options", "image_options", "choices",
            "load_model", "check_out", "writing", "Input", "Prepared", "inputs", "output_names",
-           "batches", "Job", "job", "explainer", "explain_batch", "NAME_BYTES"]
+           "batches", "Job", "job", "explainer", "explainers_for", "method_choice", "explain_batch",
+           "NAME_BYTES"]

@@ -8,14 +8,15 @@ from tqdm import tqdm
 from .. import plot
 from ..outputs import write_json
 from ..registry import methods
-from .common import choices, explain_batch, image_options, job, writing
+from .common import explain_batch, image_options, job, method_choice, writing
 
 
 def add_parser(sub) -> None:
     co = sub.add_parser("compare", help="explain images with several methods side by side")
     image_options(co)
-    co.add_argument("--methods", default=",".join(methods()),
-                    help="comma-separated methods (default: all of them)")
+    co.add_argument("--methods", default=None,
+                    help=f"comma-separated, of {', '.join(methods())} (default: every method "
+                         "that applies to the model)")
     co.add_argument("--out", default="relprop-compare",
                     help="output folder (default: relprop-compare): compare.png (rows: images, "
                          "columns: methods), NAME_METHOD.png overlays and compare.json")
@@ -24,8 +25,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """Every requested method on every image: one grid, one overlay per image and method."""
-    chosen = choices(args.methods, methods(), "--methods")
-    work = job(args, chosen)
+    work = job(args, method_choice(args.methods))
+    chosen = list(work.explainers)
     name, out, class_names, target = work.name, work.out, work.class_names, work.target
     rows, records, skipped = [], [], []
     progress = tqdm(total=len(work.inputs), desc=f"compare {name}", unit="img", file=sys.stderr,

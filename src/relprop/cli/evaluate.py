@@ -12,8 +12,8 @@ import torch
 from .. import models, prepare
 from ..images import load_image
 from ..registry import methods
-from .common import (Failure, check_out, choices, explainer, load_model, model_options, phrased,
-                     writing)
+from .common import (Failure, check_out, choices, explainers_for, load_model, method_choice,
+                     model_options, phrased, writing)
 
 
 def add_parser(sub) -> None:
@@ -35,8 +35,9 @@ def add_parser(sub) -> None:
                         "JSON file (image -> [[xmin, ymin, xmax, ymax], ...])")
     p.add_argument("--masks", default=None,
                    help="a folder of segmentation masks IMAGE.png (non-zero: the object)")
-    p.add_argument("--methods", default=",".join(methods()),
-                   help="comma-separated methods (default: all of them)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated, of {', '.join(methods())} (default: every method "
+                        "that applies to the model)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated, of perturbation, localisation, stability (default: "
                         "perturbation and stability, and localisation where --boxes or --masks "
@@ -89,7 +90,7 @@ def run(args) -> int:
     from ..evaluate import report
     from ..evaluate.run import (METRICS, PERTURBATION_ORDERS, Data, Settings, mean_curves,
                                measure, start_processes, summarise, world)
-    chosen = choices(args.methods, methods(), "--methods")
+    chosen = method_choice(args.methods)
     default_metrics = ["perturbation", "stability"] + (
         ["localisation"] if args.boxes or args.masks else [])
     metrics = choices(args.metrics, METRICS, "--metrics") if args.metrics else default_metrics
@@ -142,7 +143,8 @@ def run(args) -> int:
                        f"e.g. {example}.xml or an entry '{example}')")
     with phrased(), prepare.out_of_memory(f"moving {name} to {device}", "use --device cpu"):
         model = loaded.model.to(device)
-    explainers = {m: explainer(model, m) for m in chosen}
+    explainers = explainers_for(model, chosen)
+    chosen = list(explainers)
     data = Data(items, preprocess, spec.resize, spec.input_size, boxes, args.masks,
                 evaluation_data.pixel_range(preprocess, spec.resize), read)
     if rank == 0:

@@ -17,19 +17,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ir import ModuleCall
-from .registry import register_rule
-from .algebra import lin_t, sdiv
+from .registry import register_analysis, register_rule
+from .algebra import lin, lin_t, sdiv
+from .lrp import batchnorm_folds, merged
 
 METHOD = "lrp-attn"
 IDENTITY_EPSILON = 1e-10  # LXT's identity rule divides the output by (input + 1e-10)
 
 
+@register_analysis(METHOD)
+def analyse(graph) -> dict:
+    """A BatchNorm after a layer (CNN parts: MaxViT's MBConv) is folded into it, as the LRP
+    composites do, so that LRP-0 divides by what the relevance is a share of."""
+    return {name: {"batchnorm": bn} for name, bn in batchnorm_folds(graph).items()}
+
+
 @register_rule("linear", method=METHOD, needs_output=True)
 @register_rule("conv", method=METHOD, needs_output=True)
 def layer(op, relevance, run):
-    """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays)."""
-    x, w, _ = run.args(op)
-    return (x * lin_t(op, sdiv(relevance, run.output(op)), w, x.shape),)
+    """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays);
+    with a folded BatchNorm, the weight and output are the folded layer's."""
+    x, w, b = run.args(op)
+    bn = run.note(op).get("batchnorm")
+    if bn is None:
+        return (x * lin_t(op, sdiv(relevance, run.output(op)), w, x.shape),)
+    w, b = merged(op, w, b, bn, run)
+    z = lin(op, x, w) + (b if op.kind == "linear" else b.view(-1, *([1] * (x.dim() - 2))))
+    return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
 
 
 @register_rule("add", method=METHOD, needs_output=True)

@@ -57,10 +57,6 @@ def analyse(method: str, graph) -> dict:
     composite = COMPOSITES[method]
     conv_rule, linear_rule, first_rule = composite.conv, composite.linear, composite.first
     notes = {}
-    users: dict[str, int] = {}
-    for op in graph.ops:
-        for name in op.inputs:
-            users[name] = users.get(name, 0) + 1
     for op in graph.ops:
         if op.kind not in ("linear", "conv"):
             continue
@@ -69,10 +65,20 @@ def analyse(method: str, graph) -> dict:
                                                               or op.kind == "conv"):
             rule = first_rule
         notes[op.name] = {"rule": rule}
-    for op in graph.ops:
-        if op.kind == "batchnorm" and op.inputs[0] in notes and users[op.inputs[0]] == 1:
-            notes[op.inputs[0]]["batchnorm"] = op
+    for name, bn_op in batchnorm_folds(graph).items():
+        notes[name]["batchnorm"] = bn_op
     return notes
+
+
+def batchnorm_folds(graph) -> dict:
+    """{layer: the BatchNorm op folded into it}: a BatchNorm that is its layer's only user."""
+    users: dict[str, int] = {}
+    for op in graph.ops:
+        for name in op.inputs:
+            users[name] = users.get(name, 0) + 1
+    return {op.inputs[0]: op for op in graph.ops
+            if op.kind == "batchnorm" and users[op.inputs[0]] == 1
+            and graph.op(op.inputs[0]).kind in ("linear", "conv")}
 
 
 def merged(op, w, b, bn_op, run):
