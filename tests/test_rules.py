@@ -249,7 +249,9 @@ def test_output_layer_matches_matrix_form(cfg, signed):
     b = torch.randn(cfg["cout"], generator=g, dtype=D)
     out = F.conv2d(x, w, b, **kw)
     d = torch.zeros_like(out)
-    d[0, 1], d[1, 2] = 1, 1  # the target class's map, every position (a spatial head)
+    # The target class's map, every position (a spatial head), summing to 1 per sample as the
+    # engine starts it: the rule normalises each image to Σd·score.
+    d[0, 1], d[1, 2] = 1 / out[0, 0].numel(), 1 / out[0, 0].numel()
     score = (out * d).sum((1, 2, 3))
     op = make_op("conv", kwargs=kw, input_nonneg=not signed)
     ours = rap.output_layer(op, x, w, b, d, score)

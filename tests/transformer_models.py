@@ -44,6 +44,8 @@ def build_small(name: str) -> tuple[nn.Module, int]:
     import timm
     arch = {"timm-vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}),
             "timm-deit": ("deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}),
+            "timm-deit-distilled": ("deit_tiny_distilled_patch16_224",  # two heads averaged
+                                    {"img_size": 32, "patch_size": 8}),
             "timm-swin": ("swin_tiny_patch4_window7_224",
                           {"img_size": 32, "window_size": 4, "embed_dim": 16,
                            "depths": (2, 2), "num_heads": (2, 2)})}[name]
@@ -51,4 +53,5 @@ def build_small(name: str) -> tuple[nn.Module, int]:
                                               **arch[1])), 32
 
 
-SMALL = ("vit", "swin", "swin_v2", "maxvit", "timm-vit", "timm-deit", "timm-swin")
+SMALL = ("vit", "swin", "swin_v2", "maxvit", "timm-vit", "timm-deit", "timm-deit-distilled",
+         "timm-swin")

@@ -374,8 +374,9 @@ def _analyse(graph: Graph) -> None:
             else:
                 frontier.append(user.name)
     graph.input_layers = tuple(input_layers)
-    layer, _ = output_layer(graph)
-    graph.output_layer = layer
+    layers, _ = output_layers(graph)
+    graph.output_layers = layers
+    graph.output_layer = layers[0] if len(layers) == 1 else None
 
 
 def _moves_or_copies(op: Op) -> bool:
@@ -386,6 +387,31 @@ def _moves_or_copies(op: Op) -> bool:
 
 # Ops through which the output can still be read as one layer's value, elementwise or per class.
 _AFTER_OUTPUT_LAYER = ("passthrough", "movement", "batchnorm", "pool")
+
+
+def output_layers(graph: Graph) -> tuple[tuple[str, ...], Op | None]:
+    """The layers whose values make the output: :func:`output_layer`'s, or several heads summed
+    (a distilled DeiT averages its class head and its distillation head); else () and the op
+    that stands in the way."""
+    found: list[str] = []
+
+    def reach(name: str) -> Op | None:
+        while name in graph and graph.op(name).kind not in LAYER_KINDS:
+            op = graph.op(name)
+            if op.kind == "add":
+                return reach(op.inputs[0]) or (reach(op.inputs[1]) if len(op.inputs) > 1
+                                               else None)
+            if op.kind not in _AFTER_OUTPUT_LAYER or len(op.inputs) != 1:
+                return op
+            name = op.inputs[0]
+        if name in graph:
+            found.append(name)
+        return None
+
+    blocker = reach(graph.output)
+    if blocker is not None or not found:
+        return (), blocker
+    return tuple(dict.fromkeys(found)), None
 
 
 def output_layer(graph: Graph) -> tuple[str | None, Op | None]:

@@ -86,6 +86,7 @@ class Graph:
     output: str
     input_layers: tuple[str, ...] = ()  # the first Linear/Conv layers reached from the input
     output_layer: str | None = None  # the layer whose value the output is, through 1-input ops
+    output_layers: tuple[str, ...] = ()  # that layer, or the heads whose sum the output is
     derived: dict = field(default_factory=dict, repr=False)  # what methods derive from the
     # graph (the engine's plans), kept with it so that it goes when the graph goes
 

@@ -103,6 +103,8 @@ class Propagation(Explainer):
             -1, 1, *logits.shape[2:]), 1.0)
         if self.start_at_score:
             start = start * logits
+        else:  # a class map's positions share the one (RAP's output rule normalises to Σd·s)
+            start = start / max(1, start[0].sum().item())
         with torch.no_grad():  # rules that route relevance through autograd enable it
             relevance = engine.backward(plan, kept, start, call.score, call.options, stop)
         if stop is not None and has_attention(plan.graph):  # a block's tokens: a patch map

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
-from ..graph import output_layer as find_output_layer
+from ..graph import output_layers as find_output_layers
 from ..ir import resolve
 from ..ops import pad_spec
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
@@ -27,20 +27,20 @@ derive("rap-stable", "rap")  # §7.5: RAP with its own rule at additions
 def analyse(graph) -> dict:
     """Roles: the layer that produces the output (§2), the layers that read the input (§4, with
     the zero padding they read it through), every other Linear/Conv layer hidden (§3)."""
-    out = graph.output_layer
-    if out is None:
-        _, blocker = find_output_layer(graph)
+    out = graph.output_layers
+    if not out:
+        _, blocker = find_output_layers(graph)
         op = blocker or (graph.op(graph.output) if graph.output in graph else None)
         raise UnsupportedOperation(
             op.source if op else "the model output", op.name if op else graph.output,
             op.module_path if op else None,
             reason="RAP starts at the layer that produces the logits; the model output must come "
-                   "from a Linear or Conv2d layer through reshapes, activations, BatchNorm, "
-                   "scaling or pooling only")
+                   "from a Linear or Conv2d layer (or the sum of several) through reshapes, "
+                   "activations, BatchNorm, scaling or pooling only")
     notes = {}
     for op in graph.ops:
         if op.kind in ("linear", "conv"):
-            notes[op.name] = {"role": "output" if op.name == out else
+            notes[op.name] = {"role": "output" if op.name in out else
                               "input" if op.name in graph.input_layers else "hidden"}
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
@@ -75,7 +75,11 @@ def layer(op, relevance, run):
 def output_layer(op, x, w, b, d, score):
     """§2: the signed contribution ``C`` of each input to the target (the bias shared between the
     positive and the negative side), then ``R = |C| * s / sum(|C|)`` with ``s`` the explained
-    score (§7.4; equal to ``sum(C)`` wherever no bias share is dropped and no op follows)."""
+    score (§7.4; equal to ``sum(C)`` wherever no bias share is dropped and no op follows).
+
+    ``d`` sums to 1 per sample where one layer makes the output; where several heads are summed
+    (a distilled DeiT), the sum's rule hands each its share of ``d``, and each head's relevance
+    is that share of the score, so that together they conserve it."""
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     xp = x.clamp(min=0)
     parts = [(xp, wp), (xp, wn)]
@@ -98,7 +102,7 @@ def output_layer(op, x, w, b, d, score):
     c = sum(xi * lin_t(op, sdiv(n, zi), wi, x.shape)
             for (xi, wi), n, zi in zip(parts, numer, z))
     magnitude = c.abs()
-    s = score.view(-1, *([1] * (c.dim() - 1))).to(c.dtype)
+    s = score.view(-1, *([1] * (c.dim() - 1))).to(c.dtype) * sample_sum(d)
     return magnitude * sdiv(s, sample_sum(magnitude))
 
 
