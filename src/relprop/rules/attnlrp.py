@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..ir import ModuleCall
 from .registry import register_analysis, register_rule
 from .algebra import lin, lin_t, sdiv
+from .common import operand_shares
 from .lrp import batchnorm_folds, merged
 
 METHOD = "lrp-attn"
@@ -50,13 +51,7 @@ def layer(op, relevance, run):
 def add(op, relevance, run):
     """The z-rule at a sum of two tensors: each operand its share of the sum."""
     s = sdiv(relevance, run.output(op))
-    a, b = run.args(op)
-    shares = {}
-    for ref, value in zip(op.args, (a, b)):
-        share = value * s
-        share = share if share.shape == value.shape else share.sum_to_size(value.shape)
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares[n] for n in op.inputs)
+    return operand_shares(op, run.args(op), lambda value: value * s)
 
 
 @register_rule("passthrough", method=METHOD, needs_inputs=True, needs_output=True)
