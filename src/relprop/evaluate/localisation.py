@@ -40,3 +40,21 @@ def localisation(heat: torch.Tensor, mask: torch.Tensor, quantile: float = 0.8) 
     top = heat >= threshold
     iou = (top & inside).sum(1).double() / (top | inside).sum(1).double()
     return {"outside_inside": ratio, "mass_inside": share, "pointing": pointing, "iou": iou}
+
+
+DISTRACTOR_METRICS = ("positive_on_object", "positive_on_distractor", "negative_on_distractor")
+
+
+def distractor(heat: torch.Tensor, target: torch.Tensor, other: torch.Tensor) -> dict:
+    """Where a map puts its signs when the image holds the explained object (``target``) and an
+    object of another class (``other``), masks (N, H, W): the share of the positive relevance on
+    the object and on the distractor, and of the negative relevance on the distractor (RAP's
+    claim: positive on the object, negative, or none, on the distractor). NaN where a map has no
+    relevance of that sign."""
+    heat = heat.double().flatten(1)
+    target, other = target.bool().flatten(1), other.bool().flatten(1)
+    positive, negative = heat.clamp(min=0), -heat.clamp(max=0)
+    pos_total, neg_total = positive.sum(1), negative.sum(1)
+    return {"positive_on_object": (positive * target).sum(1) / pos_total,
+            "positive_on_distractor": (positive * other).sum(1) / pos_total,
+            "negative_on_distractor": (negative * other).sum(1) / neg_total}
