@@ -314,3 +314,98 @@ def test_every_method_by_default_leaves_out_what_does_not_apply(tmp_path, capsys
     assert cli.main(["compare", *model, "--methods", "attention-rollout", *sample]) == 2
     err = capsys.readouterr().err
     assert "needs a transformer" in err and "Traceback" not in err
+
+
+def test_batches_whose_size_equals_another_dimension_conserve_per_image():
+    """The batch moved by a permute ((3, N, heads, T, D) at N = 3) or a sequence-first
+    MultiheadAttention at N = T: each image still sums to its own score."""
+    model, _ = _small("vit", torch.float64)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    e = relprop.explain(model, x, method="rap")
+    assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, atol=1e-12)
+
+    class SequenceFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            self.attention = nn.MultiheadAttention(8, 2)  # batch_first=False
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            tokens = self.embed(x).flatten(2).permute(2, 0, 1)  # (T, N, C)
+            out, _ = self.attention(tokens, tokens, tokens)
+            return self.head(out.mean(0))
+
+    torch.manual_seed(0)
+    model = SequenceFirst().double().eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)  # 4 tokens, 4 images
+    for method in ("rap", "rap-stable"):
+        e = relprop.explain(model, x, method=method)
+        assert torch.allclose(e.logits, model(x), atol=1e-12)
+        assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, atol=1e-12), method
+
+
+def test_a_residual_sum_of_layers_at_the_output_is_no_pair_of_heads():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 3), nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            return self.fc2(torch.relu(h)) + h
+
+    with pytest.raises(relprop.UnsupportedOperation, match="RAP starts at the layer"):
+        relprop.explainer(Residual(), "rap")
+
+
+def test_a_class_map_with_an_empty_window_conserves():
+    """§7.4 on a spatial output through average pooling where one window is all zero."""
+    class Spatial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 2, 1), nn.AvgPool2d(2)
+
+        def forward(self, x):
+            return self.pool(torch.relu(self.conv(x)))
+
+    model = Spatial().double().eval()
+    with torch.no_grad():
+        model.conv.weight.fill_(1.0)
+        model.conv.bias.fill_(-0.5)
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64) + 1
+    x[:, :, :2, :2] = 0  # the top-left window's conv output is -0.5: 0 after the ReLU
+    e = relprop.explain(model, x, target=1, method="rap")
+    assert torch.allclose(e.relevance.sum(), e.score.sum(), atol=1e-12)
+
+
+def test_lrp_on_a_model_that_normalises_its_input_first():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 36, 2)).eval()
+    for method in ("lrp-epsilon-plus", "lrp-attn"):
+        e = relprop.explain(model, torch.randn(2, 3, 8, 8), method=method)
+        assert torch.isfinite(e.relevance).all()
+
+
+def test_optional_forward_arguments_and_an_in_forward_boolean_mask():
+    """A forward with a tuple default, and F.scaled_dot_product_attention with a boolean mask
+    computed in the forward: traced at the defaults, the mask applied as it means."""
+    import torch.nn.functional as F
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 2)
+            self.causal = nn.Parameter(torch.ones(5, 5).tril(), requires_grad=False)
+
+        def forward(self, x, scales=(1.0, 1.0)):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            keep = self.causal > 0  # computed in the forward: traced, not a tensor
+            return self.head(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).mean(1))
+
+    torch.manual_seed(0)
+    model = Masked().double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    e = relprop.explain(model, x, method="rap")
+    assert torch.allclose(e.logits, model(x), atol=1e-12)
+    assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, atol=1e-12)

@@ -108,15 +108,22 @@ def multihead_attention(m: nn.MultiheadAttention, query, key, value, key_padding
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False):
     """``F.scaled_dot_product_attention`` in eval (no dropout), with an additive mask."""
-    if is_causal or enable_gqa:
+    if is_causal or enable_gqa or not isinstance(dropout_p, (int, float)) or dropout_p != 0:
         _refuse("function torch.nn.functional.scaled_dot_product_attention",
-                "is_causal or enable_gqa")
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        _refuse("function torch.nn.functional.scaled_dot_product_attention",
-                "a boolean mask; pass an additive float mask")
+                "is_causal, enable_gqa or dropout_p other than 0")
+    if attn_mask is not None:
+        attn_mask = record(query, _additive, attn_mask, query.dtype)
     if scale is None:
         scale = query.size(-1) ** -0.5
     return attend(query, key, value, scale, attn_mask)[0]
+
+
+def _additive(mask, dtype):
+    """A boolean mask (True: attend) as the additive mask it means; a float mask as it is."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, float("-inf"))
+    return mask
 
 
 register_decomposition(nn.MultiheadAttention, multihead_attention)

@@ -212,20 +212,20 @@ def _grad_cam(f, x, target, opts, layer):
                              "target_layer= (the CAM there, upsampled to the input), not both")
         return LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
     path = opts["target_layer"]
-    if path is None:  # a transformer's token map where it has one (not MaxViT's windows)
-        tokens = last_token_layer(f.model)
-        found = _token_cam(f, x, target, f.model.get_submodule(tokens)) if tokens else None
+    tokens = last_token_layer(f.model)  # None: no attention, a CNN's (N, C, H, W) maps
+    if path is None and tokens is not None:  # the token map, where it is one (not MaxViT's)
+        found = _token_cam(f, x, target, f.model.get_submodule(tokens), path or tokens)
         if found is not None:
             return found
-        path = last_convolution(f.model)
+    path = path or last_convolution(f.model)
     try:
         at = f.model.get_submodule(path)
     except AttributeError:
         raise ValueError(f"grad-cam: the model has no module '{path}'; pass target_layer= a "
                          f"module path such as '{last_convolution(f.model)}'") from None
-    tokens = _token_cam(f, x, target, at)
-    if tokens is not None:
-        return tokens
+    found = _token_cam(f, x, target, at, path) if tokens is not None else None
+    if found is not None:
+        return found
     cam = LayerGradCam(f, at).attribute(x, target=target, relu_attributions=True)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
     return cam.expand_as(x) / x.shape[1]
@@ -250,7 +250,7 @@ def last_token_layer(model: nn.Module) -> str | None:
     return paths[-1] if paths else None
 
 
-def _token_cam(f, x, target, module: nn.Module):
+def _token_cam(f, x, target, module: nn.Module, path: str):
     """Grad-CAM on a token map: the channels of ``module``'s output (N, T, C) after its prefix
     tokens, or (N, H, W, C) channels last, weighted by their gradient averaged over the
     tokens, summed, ReLU'd and upsampled. None where the output is no token map (a CNN's
@@ -264,6 +264,9 @@ def _token_cam(f, x, target, module: nn.Module):
         logits = f(x)
     finally:
         hook.remove()
+    if not kept:
+        raise ValueError(f"grad-cam: module '{path}' does not run in the model's forward pass; "
+                         "pass target_layer= a module that does")
     a = kept[-1]
     height, width = x.shape[2:]
     if a.dim() == 3 and patch_grid(a.shape[1], height, width) is not None:

@@ -81,7 +81,7 @@ def trace(model: nn.Module) -> Graph:
         with eval_mode(model):
             fixed = _defaults_after_input(model)
             graph = _Tracer().trace(model, concrete_args=fixed)
-    except UnsupportedOperation:
+    except (UnsupportedOperation, UntraceableModel):
         raise
     except Exception as e:  # torch.fx raises many types; all mean the same to the user
         raise UntraceableModel(
@@ -95,14 +95,18 @@ def trace(model: nn.Module) -> Graph:
 
 def _defaults_after_input(model: nn.Module) -> dict | None:
     """The forward's optional arguments after the input, at their defaults (timm's ViT takes
-    ``attn_mask=None, is_causal=False``): relprop explains the model called with one tensor."""
+    ``attn_mask=None, is_causal=False``): relprop explains the model called with one tensor.
+    None where the forward takes none; a forward that needs more inputs is refused."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return defaults or None
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [p.name for p in named if p.default is inspect.Parameter.empty]
+    if required:
+        raise UntraceableModel(f"relprop explains models with exactly one input tensor; this "
+                               f"one also needs {', '.join(required)}")
+    return {p.name: p.default for p in named} or None
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -169,7 +173,8 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
     pieces: dict[str, tuple] = {}  # a tuple call's node -> how to call it
     alias: dict[str, str] = {}  # receiver of an in-place op -> the op
     placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
-    placeholders = placeholders[:1] + placeholders[1 + len(fixed):]  # the traced defaults go
+    if fixed:  # the optional arguments (fx makes a placeholder per leaf of a default): constant
+        placeholders = placeholders[:1]
     if len(placeholders) != 1:
         raise UntraceableModel(f"relprop explains models with exactly one input tensor; this one "
                                f"takes {len(placeholders)} ({[n.name for n in placeholders]})")
@@ -197,6 +202,8 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
             continue
         if node.op == "output":
             out = node.args[0]
+            if isinstance(out, (list, tuple)) and len(out) == 1:  # pytree-flattened (fx does
+                out = out[0]  # so where a default it traced at is a tuple)
             if not isinstance(out, fx.Node):
                 raise UntraceableModel("relprop explains models that return one tensor; this "
                                        f"one returns {type(out).__name__}")
@@ -394,24 +401,40 @@ def output_layers(graph: Graph) -> tuple[tuple[str, ...], Op | None]:
     (a distilled DeiT averages its class head and its distillation head); else () and the op
     that stands in the way."""
     found: list[str] = []
+    sums: list[Op] = []
 
     def reach(name: str) -> Op | None:
         while name in graph and graph.op(name).kind not in LAYER_KINDS:
             op = graph.op(name)
-            if op.kind == "add":
-                return reach(op.inputs[0]) or (reach(op.inputs[1]) if len(op.inputs) > 1
-                                               else None)
+            if op.kind == "add" and len(op.inputs) == 2:
+                sums.append(op)
+                return reach(op.inputs[0]) or reach(op.inputs[1])
             if op.kind not in _AFTER_OUTPUT_LAYER or len(op.inputs) != 1:
                 return op
             name = op.inputs[0]
-        if name in graph:
-            found.append(name)
+        if name not in graph:  # a branch of a sum that reaches the input through no layer
+            return sums[-1] if sums else None
+        found.append(name)
         return None
 
     blocker = reach(graph.output)
     if blocker is not None or not found:
         return (), blocker
-    return tuple(dict.fromkeys(found)), None
+    layers = tuple(dict.fromkeys(found))
+    if len(layers) > 1 and any(a in _ancestors(graph, b) for a in layers for b in layers):
+        return (), sums[0]  # a residual sum of layers (fc2(h) + h): not several heads
+    return layers, None
+
+
+def _ancestors(graph: Graph, name: str) -> set[str]:
+    """Every op whose value ``name`` is computed from."""
+    seen, frontier = set(), [name]
+    while frontier:
+        for parent in graph.op(frontier.pop()).inputs:
+            if parent in graph and parent not in seen:
+                seen.add(parent)
+                frontier.append(parent)
+    return seen
 
 
 def output_layer(graph: Graph) -> tuple[str | None, Op | None]:

@@ -388,9 +388,11 @@ for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "
               "swapaxes", "view_as", "reshape_as"):
     _function(_name)(_movement(getattr(torch.Tensor, _name)))
 _module(nn.ChannelShuffle)(lambda m, a, k: Normalised("movement", m, (a[0],), {}, "same"))
+_PADDING_MOVES: set = set()  # movement functions that pad (see pads())
 if _tv_ops is not None:  # Swin's patch merging: 2x2 neighbours side by side (pad, slice, cat)
     from torchvision.models import swin_transformer as _swin
     _function(_swin._patch_merging_pad)(_movement(_swin._patch_merging_pad))
+    _PADDING_MOVES.add(_swin._patch_merging_pad)
 
 # Calls that return a tuple of pieces of one tensor; each piece used (``pieces[i]``) becomes a
 # movement op of its own that cuts that piece from the tensor (rap-spec §8.4).
@@ -522,3 +524,10 @@ def pad_spec(op: Op):
     if isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)) and _zero_pad(module):
         return tuple(module.padding)
     return None
+
+
+def pads(op: Op) -> bool:
+    """Whether a movement op pads its input (entries of its output come from no input)."""
+    module = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
+    return op.fn is F.pad or isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)) \
+        or op.fn in _PADDING_MOVES

@@ -109,7 +109,8 @@ def _probe(model: nn.Module, graph, weights) -> list | None:
              224, 256, 32, 64]
     channels = next((p.shape[1] for p in model.parameters() if p.dim() == 4), 3)
     log = logging.getLogger("torch._subclasses.fake_tensor")
-    level, log.level = log.level, logging.CRITICAL  # a size that fails is no error to show
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a size that fails is no error to show
     try:
         for size in dict.fromkeys(s for s in sizes if isinstance(s, int)):
             try:
@@ -120,7 +121,7 @@ def _probe(model: nn.Module, graph, weights) -> list | None:
             except Exception:  # noqa: BLE001  (a size the model does not take: the next)
                 continue
     finally:
-        log.level = level
+        log.setLevel(level)
     return None
 
 

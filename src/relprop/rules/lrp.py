@@ -77,7 +77,7 @@ def batchnorm_folds(graph) -> dict:
         for name in op.inputs:
             users[name] = users.get(name, 0) + 1
     return {op.inputs[0]: op for op in graph.ops
-            if op.kind == "batchnorm" and users[op.inputs[0]] == 1
+            if op.kind == "batchnorm" and users[op.inputs[0]] == 1 and op.inputs[0] in graph
             and graph.op(op.inputs[0]).kind in ("linear", "conv")}
 
 

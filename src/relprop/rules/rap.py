@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
 from ..graph import output_layers as find_output_layers
-from ..ir import resolve
-from ..ops import pad_spec
+from ..ir import Ref, resolve
+from ..ops import pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, matmul as common_matmul, movement as route, operand_shares
 from .common import weight_and_signal
@@ -42,12 +42,28 @@ def analyse(graph) -> dict:
         if op.kind in ("linear", "conv"):
             notes[op.name] = {"role": "output" if op.name in out else
                               "input" if op.name in graph.input_layers else "hidden"}
+    for op in graph.ops:
+        if op.kind == "movement" and may_lose(op):
+            notes[op.name] = {"may_lose": True}
+    for name in out if len(out) > 1 else ():
+        notes[name]["heads"] = len(out)
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
         widths = pad_spec(graph.op(src)) if src in graph else None
         if widths is not None:
             notes[name]["input_pad"] = widths
     return notes
+
+
+def may_lose(op) -> bool:
+    """Whether a movement op has output entries that come from no tensor operand, along any
+    dimension but the batch: a ``cat`` of constants to the tokens (ViT's class token), padding."""
+    if op.fn in (torch.cat, torch.concat):
+        operands = op.args[0] if isinstance(op.args[0], (list, tuple)) else ()
+        dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", 0)
+        return dim != 0 and any(not (isinstance(t, Ref) and t.name in op.inputs)
+                                for t in operands)
+    return pads(op)
 
 
 def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -66,20 +82,20 @@ def layer(op, relevance, run):
     note = run.note(op)
     role = note.get("role", "hidden")
     if role == "output":
-        return (output_layer(op, x, w, b, relevance, run.score),)
+        return (output_layer(op, x, w, b, relevance, run.score, note.get("heads", 1) > 1),)
     if role == "input":
         return (input_layer(op, x, w, relevance, resolve(note.get("input_pad"), run.env)),)
     return (hidden_layer(op, x, w, relevance),)
 
 
-def output_layer(op, x, w, b, d, score):
+def output_layer(op, x, w, b, d, score, share_of_d=False):
     """§2: the signed contribution ``C`` of each input to the target (the bias shared between the
     positive and the negative side), then ``R = |C| * s / sum(|C|)`` with ``s`` the explained
     score (§7.4; equal to ``sum(C)`` wherever no bias share is dropped and no op follows).
 
-    ``d`` sums to 1 per sample where one layer makes the output; where several heads are summed
-    (a distilled DeiT), the sum's rule hands each its share of ``d``, and each head's relevance
-    is that share of the score, so that together they conserve it."""
+    Where several heads are summed (a distilled DeiT), ``d`` starts summing to 1 per sample,
+    the sum's rule hands each head its share of it, and each head's relevance is that share of
+    the score (``share_of_d``), so that together they conserve it."""
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     xp = x.clamp(min=0)
     parts = [(xp, wp), (xp, wn)]
@@ -102,7 +118,9 @@ def output_layer(op, x, w, b, d, score):
     c = sum(xi * lin_t(op, sdiv(n, zi), wi, x.shape)
             for (xi, wi), n, zi in zip(parts, numer, z))
     magnitude = c.abs()
-    s = score.view(-1, *([1] * (c.dim() - 1))).to(c.dtype) * sample_sum(d)
+    s = score.view(-1, *([1] * (c.dim() - 1))).to(c.dtype)
+    if share_of_d:  # one of several heads: its share of the score
+        s = s * sample_sum(d)
     return magnitude * sdiv(s, sample_sum(magnitude))
 
 
@@ -263,8 +281,8 @@ def movement(op, relevance, run):
     of §5 exactly, up to rounding."""
     shares = route(op, relevance, run)
     routed = [s for s in shares if s is not None]
-    if not routed or any(s.shape[0] != relevance.shape[0] for s in routed):
-        return shares  # moves the batch dimension: a reshape, which loses nothing
+    if not run.note(op).get("may_lose") or not routed:
+        return shares
     lost = sample_sum(relevance).flatten() - sum(sample_sum(s).flatten() for s in routed)
     count = sum(sample_sum((s != 0).to(s.dtype)).flatten() for s in routed)
     delta = sdiv(lost, count)
