@@ -69,3 +69,40 @@ def test_a_perfect_map_scores_one_and_a_random_map_its_expectation():
 def test_unknown_set_is_named():
     with pytest.raises(ValueError, match="unknown synthetic set 'circles'; available: shapes"):
         synthetic.sample("circles", 0)
+
+
+def test_evaluate_on_a_synthetic_set_trains_once_and_measures_against_the_truth(
+        tmp_path, monkeypatch, capsys):
+    """``relprop evaluate --data synthetic:shapes-distractor``: the CNN is trained on the spot
+    (once: the second run loads it from the cache) and every map is measured against the
+    drawn objects."""
+    import json
+
+    from relprop import cli
+    monkeypatch.setenv("RELPROP_CACHE", str(tmp_path / "cache"))
+    run = ["evaluate", "--data", "synthetic:shapes-distractor", "--limit", "4", "--methods",
+           "rap-stable,gradient-x-input", "--metrics", "localisation"]
+    assert cli.main([*run, "--out", str(tmp_path / "first")]) == 0
+    err = capsys.readouterr().err
+    assert "training the synthetic cnn on shapes-distractor once" in err
+    accuracy = float(err.split("test accuracy ")[1].split()[0])
+    assert accuracy >= 0.9, accuracy
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert cli.main([*run, "--out", str(tmp_path / "second")]) == 0
+    assert "training" not in capsys.readouterr().err
+    first, second = (json.loads((tmp_path / d / "metrics.json").read_text())
+                     for d in ("first", "second"))
+    assert first["metrics"] == second["metrics"]  # the same network, the same figures
+    figures = first["metrics"]["rap-stable"]["localisation"]
+    assert 0 <= figures["truth"]["mass_inside"] <= 1
+    assert set(figures["distractor"]) == {"positive_on_object", "positive_on_distractor",
+                                          "negative_on_distractor"}
+    assert set(figures["distractor-class"]) == set(figures["distractor"])
+
+
+def test_synthetic_sets_and_models_are_checked_in_words(capsys):
+    from relprop import cli
+    assert cli.main(["evaluate", "--data", "synthetic:circles"]) == 2
+    assert "available: synthetic:shapes, synthetic:shapes-distractor" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--data", "synthetic:shapes", "--model", "vgg16"]) == 2
+    assert "--model synthetic-cnn (the default) or synthetic-vit" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from .. import models, prepare
 from ..images import load_image
+from ..evaluate import data as evaluation_data, synthetic
 from ..registry import methods
 from .common import (Failure, check_out, choices, explainers_for, load_model, method_choice,
                      model_options, phrased, writing)
@@ -27,7 +29,10 @@ def add_parser(sub) -> None:
     model_options(p, "; under torchrun with CUDA each process takes the GPU of its LOCAL_RANK")
     p.add_argument("--data", default=None,
                    help="a folder of images, or an ImageFolder tree (one sub-folder per class, "
-                        "which is then explained); default: scikit-image's "
+                        "which is then explained), or synthetic:shapes / "
+                        "synthetic:shapes-distractor (generated images whose evidence is known; "
+                        "explains relprop's networks trained on them, --model synthetic-cnn or "
+                        "synthetic-vit; 100 images unless --limit); default: scikit-image's "
                         f"{', '.join(prepare.SAMPLES)}, predicted classes")
     p.add_argument("--boxes", default=None,
                    help="object boxes: a folder of Pascal VOC XML files (IMAGE.xml, as "
@@ -45,10 +50,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="relprop-evaluate",
                    help="output folder (default: relprop-evaluate): metrics.json, "
                         "metrics.md, per_image.csv, perturbation.png")
-    p.add_argument("--region", type=int, default=d.region,
-                   help=f"side of the square regions perturbed together (default: {d.region})")
-    p.add_argument("--steps", type=int, default=d.steps,
-                   help=f"regions replaced, one more per step (default: {d.steps})")
+    p.add_argument("--region", type=int, default=None,
+                   help=f"side of the square regions perturbed together (default: {d.region}; "
+                        f"{SYNTHETIC_PERTURBATION[0]} on a synthetic set's 64x64 images)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"regions replaced, one more per step (default: {d.steps}; "
+                        f"{SYNTHETIC_PERTURBATION[1]} on a synthetic set)")
     p.add_argument("--perturbation", default=d.fill, choices=FILLS,
                    help="what a replaced pixel becomes: uniform noise over the input's range, "
                         f"the image's channel mean, or black (default: {d.fill})")
@@ -84,19 +91,67 @@ def numbers(text, option, kind=float) -> tuple:
     return values
 
 
+SYNTHETIC_PERTURBATION = (4, 64)  # region side, steps: a quarter of a 64x64 image's regions
+
+
+def synthetic_set(args) -> str | None:
+    """The set named by ``--data synthetic:NAME``, checked; None for other data."""
+    if not (args.data or "").startswith("synthetic:"):
+        return None
+    name = args.data.split(":", 1)[1]
+    if name not in synthetic.SETS:
+        raise Failure(f"--data {args.data}: no such synthetic set; available: "
+                      f"{', '.join('synthetic:' + s for s in synthetic.SETS)}")
+    if args.weights:
+        raise Failure("--data synthetic:NAME explains the networks relprop trains on the set; "
+                      "leave out --weights")
+    return name
+
+
+def synthetic_source(name: str, args):
+    """The network trained on set ``name`` (once, then from the cache) and the held-out images
+    with their known evidence."""
+    arch = {None: "cnn", "synthetic-cnn": "cnn", "synthetic-vit": "vit"}.get(args.model)
+    if arch is None:
+        raise Failure(f"--data synthetic:{name} explains the networks relprop trains on it: "
+                      "--model synthetic-cnn (the default) or synthetic-vit")
+    model, accuracy = synthetic.trained(name, arch)
+    print(f"relprop: synthetic-{arch} trained on {name}: test accuracy {accuracy:.3f} "
+          f"(cached in {synthetic.cache_dir()})", file=sys.stderr)
+    start = synthetic.TRAIN + synthetic.TEST  # images neither trained nor tested on
+    count = args.limit if args.limit is not None else 100
+    items = [evaluation_data.Item(i, f"synthetic:{name}/{i}", f"{name}-{i}",
+                                  synthetic.sample(name, i).label)
+             for i in range(start, start + count)]
+    loaded = prepare.LoadedModel(f"synthetic-{arch}", model, synthetic.preprocess,
+                                 list(synthetic.CLASSES), None)
+
+    def read(item):
+        return synthetic.sample(name, item.index).image
+
+    def truth(item):
+        s = synthetic.sample(name, item.index)
+        return {"truth": s.mask, "distractor": s.distractor_mask,
+                "distractor_label": s.distractor_label}
+    return loaded, items, read, truth
+
+
 def run(args) -> int:
     """The paper's checks of every chosen method on a data set; sharded under torchrun."""
-    from ..evaluate import data as evaluation_data
     from ..evaluate import report
     from ..evaluate.run import (METRICS, PERTURBATION_ORDERS, Data, Settings, mean_curves,
                                measure, start_processes, summarise, world)
     chosen = method_choice(args.methods)
+    known = synthetic_set(args)  # a set with known evidence, or None
     default_metrics = ["perturbation", "stability"] + (
-        ["localisation"] if args.boxes or args.masks else [])
+        ["localisation"] if args.boxes or args.masks or known else [])
     metrics = choices(args.metrics, METRICS, "--metrics") if args.metrics else default_metrics
-    if "localisation" in metrics and not (args.boxes or args.masks):
+    if "localisation" in metrics and not (args.boxes or args.masks or known):
         raise Failure("--metrics localisation needs object boxes or masks: pass --boxes and/or "
                       "--masks")
+    defaults = SYNTHETIC_PERTURBATION if known else (Settings.region, Settings.steps)
+    args.region = defaults[0] if args.region is None else args.region
+    args.steps = defaults[1] if args.steps is None else args.steps
     for option, value in (("--batch-size", args.batch_size), ("--samples", args.samples),
                           ("--forward-batch-size", args.forward_batch_size),
                           ("--steps", args.steps), ("--region", args.region),
@@ -119,11 +174,17 @@ def run(args) -> int:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     rank, size = world()
     out = check_out(args.out)
-    loaded = load_model(args)
+    if known:
+        loaded, items, read, truth = synthetic_source(known, args)
+        resize = crop = synthetic.SIZE
+    else:
+        loaded, truth = load_model(args), None
+        resize, crop = models.spec(loaded.name).resize, models.spec(loaded.name).input_size
     name, preprocess, class_names = loaded.name, loaded.preprocess, loaded.class_names
-    spec = models.spec(name)
     try:
-        if args.data is None:
+        if known:
+            pass
+        elif args.data is None:
             items = [evaluation_data.Item(i, f"skimage.data.{s}", s, None)
                      for i, s in enumerate(prepare.SAMPLES)]
             read = lambda item: prepare.read_sample(item.name)  # noqa: E731
@@ -145,8 +206,8 @@ def run(args) -> int:
         model = loaded.model.to(device)
     explainers = explainers_for(model, chosen)
     chosen = list(explainers)
-    data = Data(items, preprocess, spec.resize, spec.input_size, boxes, args.masks,
-                evaluation_data.pixel_range(preprocess, spec.resize), read)
+    data = Data(items, preprocess, resize, crop, boxes, args.masks,
+                evaluation_data.pixel_range(preprocess, resize), read, truth)
     if rank == 0:
         with writing(out):
             out.mkdir(parents=True, exist_ok=True)

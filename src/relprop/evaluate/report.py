@@ -56,11 +56,17 @@ def _cells(summary: dict, orders) -> tuple[list[str], list[list[str]]]:
     if any("perturbation" in f for f in summary.values()):
         columns += [(f"AOPC {o}", ("perturbation", o, "aopc")) for o in orders]
         columns.append(("AOPC random", None))
-    for reference in ("boxes", "masks"):
+    for reference in ("boxes", "masks", "truth"):
         if any(reference in f.get("localisation", {}) for f in summary.values()):
             columns += [(f"{name} ({reference})", ("localisation", reference, key))
                         for name, key in (("out/in", "outside_inside"), ("mass in", "mass_inside"),
                                           ("pointing", "pointing"), ("mIoU", "iou"))]
+    if any("distractor" in f.get("localisation", {}) for f in summary.values()):
+        columns += [(label, ("localisation", kind, key)) for label, kind, key in (
+            ("+ on object", "distractor", "positive_on_object"),
+            ("+ on distractor", "distractor", "positive_on_distractor"),
+            ("- on distractor", "distractor", "negative_on_distractor"),
+            ("swapped: + on object", "distractor-class", "positive_on_object"))]
     stability = next((f["stability"] for f in summary.values() if "stability" in f), {})
     columns += [(f"corr σ={s}", ("stability", s, "median_correlation")) for s in stability]
     random = _get(summary.get("random", {}), ("perturbation", "random", "aopc"))

@@ -26,7 +26,7 @@ from ..images import UnreadableImage, load_image
 from ..plot import input_view
 from . import perturbation as pert
 from .data import Item, box_mask, read_mask
-from .localisation import localisation
+from .localisation import distractor, localisation
 from .stability import STABLE, stability
 
 METRICS = ("perturbation", "localisation", "stability")
@@ -66,6 +66,8 @@ class Data:
     masks: str | None = None
     value_range: tuple | None = None  # (low, high) per channel: the inputs' black and white
     read: Callable[[Item], Image.Image] = lambda item: load_image(item.path)
+    truth: Callable[[Item], dict] | None = None  # a synthetic set's known evidence: "truth"
+    # and "distractor" (H, W) bool masks, "distractor_label" (see relprop.evaluate.synthetic)
 
 
 @dataclass
@@ -142,7 +144,8 @@ def measure(model, explainers: dict, data: Data, settings: Settings, device,
 class _Prepared:
     item: Item
     tensor: torch.Tensor
-    masks: dict  # "boxes" / "masks" -> (H, W) bool, where the data set has them
+    masks: dict  # "boxes" / "masks" / "truth" / "distractor" -> (H, W) bool, where known
+    distractor_label: int | None = None
 
 
 def _prepare(item: Item, data: Data, skipped: list) -> _Prepared | None:
@@ -161,9 +164,13 @@ def _prepare(item: Item, data: Data, skipped: list) -> _Prepared | None:
         mask = read_mask(data.masks, item.name)
         if mask is not None:
             masks["masks"] = mask.resize(image.size, Image.NEAREST)
+    known = data.truth(item) if data.truth is not None else {}
+    for key in ("truth", "distractor"):
+        if known.get(key) is not None:
+            masks[key] = Image.fromarray(known[key].astype(np.uint8) * 255)
     masks = {k: torch.from_numpy(np.asarray(input_view(m, data.resize, data.crop, Image.NEAREST))
                                  > 0) for k, m in masks.items()}
-    return _Prepared(item, tensor, masks)
+    return _Prepared(item, tensor, masks, known.get("distractor_label"))
 
 
 def _measure_batch(model, explainers, batch, data, settings, device, dtype, result, progress):
@@ -187,7 +194,7 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
         heats[method] = explainer(x, target).heatmap.detach()
 
     if "localisation" in settings.metrics:
-        for reference in ("boxes", "masks"):
+        for reference in ("boxes", "masks", "truth"):
             have = [i for i, p in enumerate(batch) if reference in p.masks]
             if not have:
                 continue
@@ -197,6 +204,10 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
                                                    settings.iou_quantile).items():
                     for i, v in zip(have, values):
                         row(i, method, f"localisation/{reference}/{metric}", v)
+
+    have = [i for i, p in enumerate(batch) if "distractor" in p.masks]
+    if "localisation" in settings.metrics and have:
+        _distractor_rows(explainers, x, heats, batch, have, row, device)
 
     if "stability" in settings.metrics:
         for method, explainer in explainers.items():
@@ -214,6 +225,23 @@ def _measure_batch(model, explainers, batch, data, settings, device, dtype, resu
                  len(batch))
     else:
         progress.update(len(batch))
+
+
+def _distractor_rows(explainers, x, heats, batch, have, row, device):
+    """The signs' places on images with a distractor: explaining the image's class (the object
+    is the truth, the distractor must get no positive relevance), and explaining the
+    distractor's class, where the roles swap."""
+    truth = torch.stack([batch[i].masks["truth"] for i in have]).to(device)
+    other = torch.stack([batch[i].masks["distractor"] for i in have]).to(device)
+    swapped = torch.tensor([batch[i].distractor_label for i in have], device=device)
+    for method, explainer in explainers.items():
+        found = {"distractor": distractor(heats[method][have], truth, other),
+                 "distractor-class": distractor(explainer(x[have], swapped).heatmap.detach(),
+                                                other, truth)}
+        for kind, metrics in found.items():
+            for metric, values in metrics.items():
+                for i, v in zip(have, values):
+                    row(i, method, f"localisation/{kind}/{metric}", v)
 
 
 def _perturb(model, x, target, heats, indices, data, settings, result, row, progress, n):

@@ -126,7 +126,7 @@ def tensors(samples: list[Sample]) -> tuple:
 def preprocess(image: Image.Image):
     """A synthetic image as the trained models take it."""
     import torch
-    x = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     return x.float() / 127.5 - 1
 
 
