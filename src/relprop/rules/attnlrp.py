@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from ..ir import ModuleCall
 from .registry import register_analysis, register_rule
 from .algebra import lin, lin_t, sdiv
-from .common import operand_shares
-from .lrp import batchnorm_folds, merged
+from .common import fit, operand_shares
+from .lrp import batchnorm_folds, merged, with_bias
 
 METHOD = "lrp-attn"
 IDENTITY_EPSILON = 1e-10  # LXT's identity rule divides the output by (input + 1e-10)
@@ -43,7 +43,7 @@ def layer(op, relevance, run):
     if bn is None:
         return (x * lin_t(op, sdiv(relevance, run.output(op)), w, x.shape),)
     w, b = merged(op, w, b, bn, run)
-    z = lin(op, x, w) + (b if op.kind == "linear" else b.view(-1, *([1] * (x.dim() - 2))))
+    z = with_bias(op, lin(op, x, w), b)
     return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
 
 
@@ -65,7 +65,7 @@ def passthrough(op, relevance, run):
         share = relevance
     else:  # an activation: LXT's identity rule, R·x/(x + 1e-10)
         share = relevance * sdiv(x, x + IDENTITY_EPSILON)
-    return (share if share.shape == x.shape else share.sum_to_size(x.shape),)
+    return (fit(share, x.shape),)
 
 
 def _layer_norm_settings(op, run):

@@ -10,7 +10,7 @@ from .registry import WITH_BFLOAT16, register_rule
 from .algebra import sdiv
 
 
-def _fit(r: torch.Tensor, shape) -> torch.Tensor:
+def fit(r: torch.Tensor, shape) -> torch.Tensor:
     """Relevance of a broadcast result, summed back onto the operand's shape."""
     return r if r.shape == shape else r.sum_to_size(shape)
 
@@ -21,7 +21,7 @@ def _fit(r: torch.Tensor, shape) -> torch.Tensor:
 def passthrough(op, relevance, run):
     """Elementwise ops (ReLU, dropout, ``x * c + t``), normalisation layers (rap-spec §8.3) and
     a softmax that is not a gate: relevance passes unchanged."""
-    return (_fit(relevance, run.shape(op.inputs[0])),)
+    return (fit(relevance, run.shape(op.inputs[0])),)
 
 
 @register_rule("batchnorm", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
@@ -99,7 +99,7 @@ def operand_shares(op, operands, share_of):
     (``x + x``)."""
     shares = {}
     for ref, value in zip(op.args, operands):
-        share = _fit(share_of(value), value.shape)
+        share = fit(share_of(value), value.shape)
         shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
     return tuple(shares[n] for n in op.inputs)
 
@@ -112,10 +112,10 @@ def product(op, relevance, run):
     Conserves either way; a factor that is the same tensor twice gets both shares."""
     gated = op.gated or (False,) * len(op.inputs)
     if any(gated) and not all(gated):
-        return tuple(None if gate else _fit(relevance, run.shape(name))
+        return tuple(None if gate else fit(relevance, run.shape(name))
                      for name, gate in zip(op.inputs, gated))
     share = relevance / len(op.inputs)
-    return tuple(_fit(share, run.shape(name)) for name in op.inputs)
+    return tuple(fit(share, run.shape(name)) for name in op.inputs)
 
 
 def factor_vjps(op, run, cotangent, which):

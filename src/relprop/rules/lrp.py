@@ -102,7 +102,7 @@ def layer(op, relevance, run):
     return (LAYER_RULES[note["rule"]](op, x, w, b, relevance, options),)
 
 
-def _with_bias(op, z, b):
+def with_bias(op, z, b):
     if b is None:
         return z
     return z + (b if op.kind == "linear" else b.view(-1, *([1] * (z.dim() - 2))))
@@ -110,7 +110,7 @@ def _with_bias(op, z, b):
 
 def epsilon_rule(op, x, w, b, r, options):
     """ε-rule: ``x * W^T (R / (z + ε sign z))``."""
-    z = stabilize(_with_bias(op, lin(op, x, w), b), options["epsilon"])
+    z = stabilize(with_bias(op, lin(op, x, w), b), options["epsilon"])
     return x * lin_t(op, r / z, w, x.shape)
 
 
@@ -120,7 +120,7 @@ def _signed_parts(op, x, w, b, r, options, pairs):
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     out = []
     for (wa, ba), wb in pairs:
-        z = stabilize(_with_bias(op, lin(op, xp, wa), ba) + lin(op, xn, wb), options["stabilizer"])
+        z = stabilize(with_bias(op, lin(op, xp, wa), ba) + lin(op, xn, wb), options["stabilizer"])
         s = r / z
         out.append(xp * lin_t(op, s, wa, x.shape) + xn * lin_t(op, s, wb, x.shape))
     return out
@@ -152,7 +152,7 @@ def gamma_rule(op, x, w, b, r, options):
     up, down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
     bias_up = None if b is None else b + g * b.clamp(min=0)
     bias_down = None if b is None else b + g * b.clamp(max=0)
-    z = _with_bias(op, lin(op, x, w), b)
+    z = with_bias(op, lin(op, x, w), b)
     (pos,) = _signed_parts(op, x, w, b, r * (z > 0), options, [((up, bias_up), down)])
     (neg,) = _signed_parts(op, x, w, b, r * (z < 0), options, [((down, bias_down), up)])
     return pos + neg
