@@ -86,7 +86,7 @@ def test_evaluate_on_a_synthetic_set_trains_once_and_measures_against_the_truth(
     err = capsys.readouterr().err
     assert "training the synthetic cnn on shapes-distractor once" in err
     accuracy = float(err.split("test accuracy ")[1].split()[0])
-    assert accuracy >= 0.9, accuracy
+    assert accuracy >= 0.95, accuracy  # the bar; measured 0.99-1.0 on 1 and 2 threads
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     assert cli.main([*run, "--out", str(tmp_path / "second")]) == 0
     assert "training" not in capsys.readouterr().err
@@ -98,6 +98,12 @@ def test_evaluate_on_a_synthetic_set_trains_once_and_measures_against_the_truth(
     assert set(figures["distractor"]) == {"positive_on_object", "positive_on_distractor",
                                           "negative_on_distractor"}
     assert set(figures["distractor-class"]) == set(figures["distractor"])
+    # RAP's claim, on the trained network: the positive relevance is on the explained object
+    assert figures["distractor"]["positive_on_object"] > \
+        figures["distractor"]["positive_on_distractor"]
+    from PIL import Image
+    with Image.open(tmp_path / "first" / "examples.png") as picture:  # image, truth, 2 maps
+        assert picture.format == "PNG" and picture.width > picture.height > 100
 
 
 def test_synthetic_sets_and_models_are_checked_in_words(capsys):

@@ -49,7 +49,8 @@ def add_parser(sub) -> None:
                         "is given)")
     p.add_argument("--out", default="relprop-evaluate",
                    help="output folder (default: relprop-evaluate): metrics.json, "
-                        "metrics.md, per_image.csv, perturbation.png")
+                        "metrics.md, per_image.csv, perturbation.png, and on a synthetic set "
+                        "examples.png (image, true evidence, every map)")
     p.add_argument("--region", type=int, default=None,
                    help=f"side of the square regions perturbed together (default: {d.region}; "
                         f"{SYNTHETIC_PERTURBATION[0]} on a synthetic set's 64x64 images)")
@@ -118,7 +119,7 @@ def synthetic_source(name: str, args):
     model, accuracy = synthetic.trained(name, arch)
     print(f"relprop: synthetic-{arch} trained on {name}: test accuracy {accuracy:.3f} "
           f"(cached in {synthetic.cache_dir()})", file=sys.stderr)
-    start = synthetic.TRAIN + synthetic.TEST  # images neither trained nor tested on
+    start = synthetic.EVALUATE_START  # images neither trained nor tested on
     count = args.limit if args.limit is not None else 100
     items = [evaluation_data.Item(i, f"synthetic:{name}/{i}", f"{name}-{i}",
                                   synthetic.sample(name, i).label)
@@ -134,6 +135,27 @@ def synthetic_source(name: str, args):
         return {"truth": s.mask, "distractor": s.distractor_mask,
                 "distractor_label": s.distractor_label}
     return loaded, items, read, truth
+
+
+EXAMPLES = 4  # images in examples.png
+
+
+def examples(explainers: dict, items, read, truth, loaded, device, path) -> None:
+    """examples.png: the first images of a synthetic set, what the map should be (red: the
+    explained object, blue: the distractor) and every method's map."""
+    from .. import plot
+    x = torch.stack([loaded.preprocess(read(item)) for item in items]).to(device)
+    target = torch.tensor([item.label for item in items], device=device)
+    heats = {m: e(x, target).heatmap.detach().cpu() for m, e in explainers.items()}
+    rows = []
+    for i, item in enumerate(items):
+        known = truth(item)
+        expected = known["truth"].astype(float)
+        if known["distractor"] is not None:
+            expected = expected - known["distractor"]
+        rows.append((loaded.class_names[item.label], read(item),
+                     {"truth": expected, **{m: h[i] for m, h in heats.items()}}))
+    plot.grid(rows, ["truth", *explainers], path)
 
 
 def run(args) -> int:
@@ -233,6 +255,12 @@ def run(args) -> int:
         report.write_rows(out / "per_image.csv", result.rows)
     with writing(out / "metrics.md"):
         (out / "metrics.md").write_text(report.markdown(summary, settings.orders))
+    pictures = ["perturbation.png"] if "perturbation" in metrics and curves else []
+    if known and items:
+        with writing(out / "examples.png"):
+            examples(explainers, items[:EXAMPLES], read, truth, loaded, device,
+                     out / "examples.png")
+        pictures.append("examples.png")
     if "perturbation" in metrics and curves:
         with writing(out / "perturbation.png"):
             report.plot_curves(out / "perturbation.png", curves, settings.orders, settings.steps,
@@ -243,8 +271,7 @@ def run(args) -> int:
     print(report.table(summary, settings.orders))
     skipped = f"; skipped {len(result.skipped)} images (listed in metrics.json)" \
         if result.skipped else ""
-    print(f"wrote metrics.json, metrics.md, per_image.csv"
-          f"{', perturbation.png' if curves else ''} to "
+    print(f"wrote {', '.join(['metrics.json', 'metrics.md', 'per_image.csv', *pictures])} to "
           f"{out}/{skipped}")
     return 1 if result.skipped else 0
 

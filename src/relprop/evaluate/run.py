@@ -97,6 +97,11 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+# tqdm's default with whole images: perturbation advances the bar by fractions of a batch
+PROGRESS_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} "
+                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+
 def start_processes(device_type: str) -> None:
     """Join torchrun's process group (its environment says so), once."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -113,6 +118,7 @@ def measure(model, explainers: dict, data: Data, settings: Settings, device,
     mine = data.items[rank::size]
     result = Result()
     progress = tqdm(total=len(mine), desc=f"evaluate {len(explainers)} methods", unit="img",
+                    bar_format=PROGRESS_FORMAT,
                     file=sys.stderr, disable=rank != 0 or len(mine) < 2)
     batch = []
     for item in mine:
