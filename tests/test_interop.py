@@ -101,3 +101,31 @@ def test_captum_takes_relprop_as_an_attribution(model, batch):
     assert axis.images  # the heat map was drawn
     with pytest.raises(ValueError, match="one input"):
         rap.attribute((x64, x64), target=3)
+
+
+def test_an_explanation_draws_itself_for_notebooks(model, batch, tmp_path):
+    """``_repr_png_`` (Jupyter's inline picture), ``save`` and ``figure(images=...)``: per image
+    the input, the map and the overlay."""
+    import io
+
+    from PIL import Image
+    x, _ = batch
+    before = x.clone()
+    explanation = relprop.explain(model, x, 3)
+    png = Image.open(io.BytesIO(explanation._repr_png_()))
+    assert png.format == "PNG" and png.height > png.width  # 4 rows of 3 panels
+    explanation.save(tmp_path / "e.png")
+    assert Image.open(tmp_path / "e.png").size == png.size
+    red = [Image.new("RGB", (32, 32), (255, 0, 0))] * 4
+    figure = explanation.figure(images=red, max_images=2)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]
+    height = pixels.shape[0]
+    for row, axes in enumerate(np.reshape(figure.axes, (2, 3))):
+        box = axes[0].get_window_extent()  # display coordinates: origin at the bottom
+        centre = pixels[int(height - (box.y0 + box.y1) / 2), int((box.x0 + box.x1) / 2)]
+        assert tuple(centre) == (255, 0, 0), row  # the picture given, not the inputs
+    assert torch.equal(x, before)
+    flat = relprop.explain(torch.nn.Sequential(torch.nn.Linear(5, 2)).eval(), torch.randn(3, 5), 0)
+    with pytest.raises(ValueError, match="pass images="):
+        flat.figure()

@@ -88,7 +88,8 @@ class Explainer:
             tgt = targets(target, scores)
             score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
             relevance = self._attribute(Call(model, x, logits, tgt, score, opts, layer, state))
-        return Explanation(relevance.detach(), tgt, score, logits.detach(), self.method)
+        return Explanation(relevance.detach(), tgt, score, logits.detach(), self.method,
+                           inputs.detach())
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
         """Raise a ValueError now, before any image is read, where ``layer`` or ``dtype`` cannot

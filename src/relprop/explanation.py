@@ -28,6 +28,45 @@ class Explanation:
     score: torch.Tensor  # (N,) the explained score per image
     logits: torch.Tensor  # (N, K) or (N, K, ...) the model output
     method: str
+    inputs: torch.Tensor | None = None  # the explained batch, for the pictures
+
+    # Pictures: in Jupyter an Explanation shows itself; show() and save() elsewhere. -----
+
+    def figure(self, images=None, max_images: int = 8):
+        """A matplotlib Figure: per image (the first ``max_images``) the input, the heat map and
+        the overlay, as ``relprop explain`` draws them. ``images``: the pictures as the model
+        saw them (PIL images, e.g. ``relprop.images.load_image(...)`` resized and cropped);
+        default: the inputs, each channel stretched to [0, 1]."""
+        from .plot import explanation_figure
+        return explanation_figure(self, images, max_images)
+
+    def save(self, path, images=None, max_images: int = 8) -> None:
+        """Save :meth:`figure` (PNG, PDF or SVG by the file's extension)."""
+        self.figure(images, max_images).savefig(path, dpi=110)
+
+    def show(self, images=None, max_images: int = 8) -> None:
+        """Show :meth:`figure`: inline in Jupyter, else in the system's image viewer."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+            if get_ipython() is not None:
+                display(self.figure(images, max_images))
+                return
+        except ImportError:
+            pass
+        import io
+
+        from PIL import Image
+        Image.open(io.BytesIO(self._png(images, max_images))).show()  # the system's viewer
+
+    def _repr_png_(self) -> bytes:
+        return self._png(None, 4)
+
+    def _png(self, images, max_images: int) -> bytes:
+        import io
+        buffer = io.BytesIO()
+        self.save(buffer, images, max_images)
+        return buffer.getvalue()
 
     @property
     def heatmap(self) -> torch.Tensor:

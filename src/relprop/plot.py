@@ -112,3 +112,44 @@ def grid(rows, methods, path, cell: float = 1.6) -> None:
                 ax.set_ylabel(title, fontsize=7)
     fig.tight_layout(pad=0.3)
     fig.savefig(path, dpi=110)
+
+
+def tensor_image(x) -> Image.Image:
+    """An input tensor (C, H, W) as a picture, each channel stretched to [0, 1]: the image as
+    far as it can be seen without knowing the model's normalisation."""
+    a = x.detach().float().cpu().numpy()
+    a = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, 0)
+    low = a.reshape(3, -1).min(1)[:, None, None]
+    high = a.reshape(3, -1).max(1)[:, None, None]
+    a = (a - low) / np.where(high > low, high - low, 1)
+    return Image.fromarray((a.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8))
+
+
+def explanation_figure(explanation, images=None, max_images: int = 8):
+    """An Explanation drawn: per image the input, the heat map and the overlay (one row each),
+    titled with the explained class and score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    heat = explanation.heatmap
+    n = min(len(heat), max_images)
+    if images is None:
+        if explanation.inputs is None or explanation.inputs.dim() != 4:
+            raise ValueError("this Explanation holds no image batch to draw; pass images=")
+        images = [tensor_image(x) for x in explanation.inputs[:n]]
+    fig = Figure(figsize=(6.6, 2.2 * n + 0.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        h = heat[i].detach().float().cpu().numpy()
+        picture = images[i].convert("RGB").resize((h.shape[1], h.shape[0]), Image.BILINEAR)
+        panels = (picture, heatmap_image(h), overlay_image(picture, h))
+        for ax, panel, title in zip(axes[i], panels, ("input", explanation.method, "overlay")):
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+        axes[i][0].set_ylabel(f"class {int(explanation.target[i])}\n"
+                              f"score {float(explanation.score[i]):.3g}", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return fig
