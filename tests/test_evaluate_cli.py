@@ -128,3 +128,55 @@ def test_too_many_steps_fail_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "only 9 regions" in err and "Traceback" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def start_evaluate(out):
+    """The one-process run of ``run_evaluate``, started and left running."""
+    return subprocess.Popen([sys.executable, "-m", "relprop", "evaluate", *SMALL, "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def after_first_batch(process, out, sig):
+    """Send ``sig`` as soon as the journal holds its header and one finished batch (of two)."""
+    import time
+    journal = out / "progress.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 2:
+            process.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out_, err = process.communicate(timeout=120)
+    assert not (out / "metrics.json").exists(), "the run ended before it could be stopped"
+    return process.returncode, err
+
+
+def test_a_killed_run_resumes_to_the_same_figures(one_process, tmp_path):
+    """SIGKILL after the first of two batches (and a torn line, as a kill mid-write leaves),
+    then the same command again: the same metrics.json as the run never interrupted."""
+    import signal
+    out = tmp_path / "killed"
+    code, _ = after_first_batch(start_evaluate(out), out, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    with open(out / "progress.jsonl", "a") as f:
+        f.write('{"indices": [2, 3], "rows": [{"ind')  # torn
+    resumed, done = run_evaluate(out)
+    assert "continuing the run" in done.stderr and "2 images already measured" in done.stderr
+    record, uninterrupted = one_process
+    assert resumed == record
+    assert (out / "per_image.csv").read_text() == (uninterrupted / "per_image.csv").read_text()
+
+
+def test_ctrl_c_keeps_the_finished_images_and_other_settings_are_refused(tmp_path):
+    import signal
+    out = tmp_path / "interrupted"
+    code, err = after_first_batch(start_evaluate(out), out, signal.SIGINT)
+    assert code == 130 and "finished images are kept in" in err and "Traceback" not in err
+    lines = (out / "progress.jsonl").read_text().splitlines()
+    batches = [json.loads(line) for line in lines[1:]]  # every line whole
+    assert [b["indices"] for b in batches][:1] == [[0, 1]]
+    done = subprocess.run([sys.executable, "-m", "relprop", "evaluate", *SMALL, "--steps", "6",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "other settings (steps differ)" in done.stderr
+    assert "--restart" in done.stderr and "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ import torch
 
 from .. import models, prepare
 from ..images import load_image
-from ..evaluate import data as evaluation_data, synthetic
+from ..evaluate import data as evaluation_data, journal, synthetic
 from ..registry import methods
 from .common import (Failure, check_out, choices, explainers_for, load_model, method_choice,
                      model_options, phrased, writing)
@@ -74,6 +74,10 @@ def add_parser(sub) -> None:
                    help=f"noise draws per image and level (default: {d.samples})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in --out; without it, a run into a folder that holds a "
+                        "killed or finished run with the same settings continues it (--out's "
+                        "progress.jsonl keeps every finished batch)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"images explained at once (default: {d.batch_size})")
     p.add_argument("--forward-batch-size", type=int, default=d.forward_batch_size,
@@ -135,6 +139,32 @@ def synthetic_source(name: str, args):
         return {"truth": s.mask, "distractor": s.distractor_mask,
                 "distractor_label": s.distractor_label}
     return loaded, items, read, truth
+
+
+def resume(out: Path, header: dict, restart: bool, rank: int, size: int):
+    """(the measured part of an earlier run in ``out``, the indices it covered, the function
+    that journals each finished batch of this one)."""
+    from ..evaluate.run import Result
+    if restart:
+        if rank == 0:
+            for path in journal.existing(out):
+                path.unlink()
+        batches = []
+    else:
+        try:
+            batches = journal.read(out, header)
+        except journal.SettingsDiffer as e:
+            raise Failure(f"--out {out} holds a run with other settings ({e} differ); pass "
+                          "--restart to start over there, or another --out") from None
+    done = frozenset(i for b in batches for i in b["indices"])
+    resumed = Result()
+    for b in batches:
+        resumed.merge(journal.result_of(b, Result))
+    if done and rank == 0:
+        print(f"relprop: continuing the run in {out}: {len(done)} images already measured "
+              f"(--restart starts over)", file=sys.stderr)
+    writer = journal.Journal(journal.path_for(out, rank, size), header, fresh=restart)
+    return resumed, done, writer.record
 
 
 EXAMPLES = 4  # images in examples.png
@@ -230,16 +260,24 @@ def run(args) -> int:
     chosen = list(explainers)
     data = Data(items, preprocess, resize, crop, boxes, args.masks,
                 evaluation_data.pixel_range(preprocess, resize), read, truth)
-    if rank == 0:
-        with writing(out):
-            out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        header = {"model": name, "weights": args.weights, "data": args.data,
+                  "boxes": args.boxes, "masks": args.masks, "methods": chosen,
+                  **asdict(settings)}
+        resumed, done, record = resume(out, header, args.restart, rank, size)
     with phrased(), prepare.out_of_memory(
             f"evaluating {args.batch_size} images at once on {device}",
             "pass a smaller --batch-size or --forward-batch-size"):
         try:
-            result = measure(model, explainers, data, settings, device)
+            result = measure(model, explainers, data, settings, device, resumed=resumed,
+                             done=done, record=record)
         except ValueError as e:
             raise Failure(str(e)) from None
+        except KeyboardInterrupt:
+            print(f"relprop: the finished images are kept in {out}/{journal.NAME}; run the "
+                  "same command again to continue", file=sys.stderr)
+            raise
     if result is None:  # not rank 0: rank 0 writes
         return 0
     summary = summarise(result, chosen, settings)

@@ -109,30 +109,45 @@ def start_processes(device_type: str) -> None:
 
 
 def measure(model, explainers: dict, data: Data, settings: Settings, device,
-            dtype=torch.float32) -> Result | None:
+            dtype=torch.float32, resumed: Result | None = None, done: frozenset = frozenset(),
+            record: Callable | None = None) -> Result | None:
     """Every metric of ``settings`` for every method on this process's share of the images;
-    the merged result on rank 0, None on the others."""
+    the merged result on rank 0, None on the others.
+
+    ``done``: images measured before (skipped now), whose figures rank 0 brings in as
+    ``resumed``; ``record(indices, batch_result)`` is called after every finished batch (the
+    journal that lets a killed run resume)."""
     if "perturbation" in settings.metrics:  # before any work: too many steps for the regions
         settings.perturbation().check(data.crop, data.crop)
     rank, size = world()
-    mine = data.items[rank::size]
-    result = Result()
+    mine = [item for item in data.items[rank::size] if item.index not in done]
+    result = resumed if resumed is not None and rank == 0 else Result()
     progress = tqdm(total=len(mine), desc=f"evaluate {len(explainers)} methods", unit="img",
                     bar_format=PROGRESS_FORMAT,
                     file=sys.stderr, disable=rank != 0 or len(mine) < 2)
-    batch = []
+    batch, covered, part = [], [], Result()
+
+    def finish():
+        nonlocal batch, covered, part
+        if batch:
+            _measure_batch(model, explainers, batch, data, settings, device, dtype, part,
+                           progress)
+        result.merge(part)
+        if record is not None:
+            record(covered, part)
+        batch, covered, part = [], [], Result()
+
     for item in mine:
-        prepared = _prepare(item, data, result.skipped)
+        covered.append(item.index)
+        prepared = _prepare(item, data, part.skipped)
         if prepared is None:
             progress.update(1)
             continue
         batch.append(prepared)
         if len(batch) == settings.batch_size:
-            _measure_batch(model, explainers, batch, data, settings, device, dtype, result,
-                           progress)
-            batch = []
-    if batch:
-        _measure_batch(model, explainers, batch, data, settings, device, dtype, result, progress)
+            finish()
+    if covered:
+        finish()
     progress.close()
     if size == 1:
         return result
