@@ -48,9 +48,9 @@ class Explanation:
         """Show :meth:`figure`: inline in Jupyter, else in the system's image viewer."""
         try:
             from IPython import get_ipython
-            from IPython.display import display
+            from IPython.display import Image as Picture, display
             if get_ipython() is not None:
-                display(self.figure(images, max_images))
+                display(Picture(data=self._png(images, max_images), format="png"))
                 return
         except ImportError:
             pass
