@@ -366,6 +366,28 @@ def test_compare_writes_a_grid_overlays_and_json(offline, tmp_path, capsys):
     assert np.asarray(grid.convert("L")).std() > 10  # not a blank picture
 
 
+def test_ctrl_c_in_compare_keeps_the_finished_images(offline, tmp_path, monkeypatch, capsys):
+    """Ctrl+C during the second image: exit 130, and compare.json and the grid hold the first."""
+    from relprop.cli import compare
+    out = tmp_path / "cmp"
+    pictures = [str(_picture(tmp_path / "cat.png")), str(_picture(tmp_path / "cup.png", "coffee"))]
+    calls = []
+    real = compare.explain_batch
+
+    def interrupted(explainer, x, target):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(explainer, x, target)
+    monkeypatch.setattr(compare, "explain_batch", interrupted)
+    assert cli.main(["compare", *pictures, "--model", "efficientnet_lite0", "--methods", "rap",
+                     "--batch-size", "1", "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    summary = json.loads((out / "compare.json").read_text())
+    assert [r["image"] for r in summary["images"]] == ["cat"]
+    assert (out / "compare.png").exists() and (out / "cat_rap.png").exists()
+
+
 def test_compare_refuses_unknown_methods_before_any_work(capsys):
     assert cli.main(["compare", "--methods", "rap,lrp"]) == 2
     err = capsys.readouterr().err

@@ -31,30 +31,32 @@ def run(args) -> int:
     rows, records, skipped = [], [], []
     progress = tqdm(total=len(work.inputs), desc=f"compare {name}", unit="img", file=sys.stderr,
                     disable=len(work.inputs) < 2)
-    for batch, x in work.batches(args.batch_size, skipped, progress):
-        found = {m: explain_batch(work.explainers[m], x, target) for m in chosen}
-        for i, item in enumerate(batch):
-            first = found[chosen[0]]
-            explained = class_names[int(first.target[i])]
-            heat = {m: e.heatmap[i] for m, e in found.items()}
-            record = {"image": item.source.name, "file": item.source.file,
-                      "explained": explained, "score": float(first.score[i]), "methods": {}}
-            for m, e in found.items():
-                path = out / f"{item.source.name}_{m}.png"
-                with writing(path):
-                    plot.overlay_image(item.view, heat[m]).save(path)
-                record["methods"][m] = {"relevance_sum": float(e.relevance[i].sum()),
-                                        "overlay": str(path)}
-            records.append(record)
-            rows.append((f"{item.source.name}: {explained}", item.view, heat))
-        progress.update(len(batch))
-    progress.close()
-    if rows:
-        with writing(out / "compare.png"):
-            plot.grid(rows, chosen, out / "compare.png")
-    with writing(out / "compare.json"):  # strict JSON: a non-finite sum becomes null
-        write_json(out / "compare.json", {"model": name, "methods": chosen, "images": records,
-                                          "skipped": skipped})
+    try:
+        for batch, x in work.batches(args.batch_size, skipped, progress):
+            found = {m: explain_batch(work.explainers[m], x, target) for m in chosen}
+            for i, item in enumerate(batch):
+                first = found[chosen[0]]
+                explained = class_names[int(first.target[i])]
+                heat = {m: e.heatmap[i] for m, e in found.items()}
+                record = {"image": item.source.name, "file": item.source.file,
+                          "explained": explained, "score": float(first.score[i]), "methods": {}}
+                for m, e in found.items():
+                    path = out / f"{item.source.name}_{m}.png"
+                    with writing(path):
+                        plot.overlay_image(item.view, heat[m]).save(path)
+                    record["methods"][m] = {"relevance_sum": float(e.relevance[i].sum()),
+                                            "overlay": str(path)}
+                records.append(record)
+                rows.append((f"{item.source.name}: {explained}", item.view, heat))
+            progress.update(len(batch))
+    finally:  # also after Ctrl+C: the grid and compare.json hold the finished images
+        progress.close()
+        if rows:
+            with writing(out / "compare.png"):
+                plot.grid(rows, chosen, out / "compare.png")
+        with writing(out / "compare.json"):  # strict JSON: a non-finite sum becomes null
+            write_json(out / "compare.json", {"model": name, "methods": chosen,
+                                              "images": records, "skipped": skipped})
     print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
           f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
     return 1 if skipped else 0
