@@ -384,7 +384,7 @@ def test_ctrl_c_in_compare_keeps_the_finished_images(offline, tmp_path, monkeypa
                      "--batch-size", "1", "--out", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err
     summary = json.loads((out / "compare.json").read_text())
-    assert [r["image"] for r in summary["images"]] == ["cat"]
+    assert [r["image"] for r in summary["images"]] == ["cat"] and summary["interrupted"]
     assert (out / "compare.png").exists() and (out / "cat_rap.png").exists()
 
 

@@ -132,9 +132,12 @@ def test_too_many_steps_fail_before_any_work(tmp_path, capsys):
 
 def start_evaluate(out):
     """The one-process run of ``run_evaluate``, started and left running."""
+    import signal
+    # a shell's background job starts with SIGINT ignored; the child must feel Ctrl+C
     return subprocess.Popen([sys.executable, "-m", "relprop", "evaluate", *SMALL, "--out",
                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def after_first_batch(process, out, sig):
@@ -147,7 +150,11 @@ def after_first_batch(process, out, sig):
             process.send_signal(sig)
             break
         time.sleep(0.02)
-    out_, err = process.communicate(timeout=120)
+    try:
+        out_, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
     assert not (out / "metrics.json").exists(), "the run ended before it could be stopped"
     return process.returncode, err
 
@@ -172,7 +179,7 @@ def test_ctrl_c_keeps_the_finished_images_and_other_settings_are_refused(tmp_pat
     import signal
     out = tmp_path / "interrupted"
     code, err = after_first_batch(start_evaluate(out), out, signal.SIGINT)
-    assert code == 130 and "finished images are kept in" in err and "Traceback" not in err
+    assert code == 130 and "finished images are kept in" in err and "Traceback" not in err, err
     lines = (out / "progress.jsonl").read_text().splitlines()
     batches = [json.loads(line) for line in lines[1:]]  # every line whole
     assert [b["indices"] for b in batches][:1] == [[0, 1]]

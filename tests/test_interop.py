@@ -85,7 +85,9 @@ def test_captum_takes_relprop_as_an_attribution(model, batch):
     attributions, delta = rap.attribute(x64, target=3, return_convergence_delta=True)
     assert torch.equal(attributions, relprop.explain(m64, x64, 3, method="rap").relevance)
     assert delta.abs().max() < 1e-10  # RAP conserves: Captum's delta is 0 in float64
-    assert torch.allclose(rap.compute_convergence_delta(attributions, x64, 3), delta)
+    score = m64(x64)[:, 3].detach()
+    assert torch.allclose(rap.compute_convergence_delta(2 * attributions, x64, 3),
+                          2 * attributions.flatten(1).sum(1) - score)  # sum - score, one forward
     assert isinstance(rap.attribute((x64,), target=3), tuple)  # Captum's tuple convention
 
     smoothed = NoiseTunnel(RelpropAttribution(model, "rap-stable")).attribute(
@@ -127,5 +129,13 @@ def test_an_explanation_draws_itself_for_notebooks(model, batch, tmp_path):
         assert tuple(centre) == (255, 0, 0), row  # the picture given, not the inputs
     assert torch.equal(x, before)
     flat = relprop.explain(torch.nn.Sequential(torch.nn.Linear(5, 2)).eval(), torch.randn(3, 5), 0)
-    with pytest.raises(ValueError, match="pass images="):
+    assert flat._repr_png_() is None  # Jupyter then shows the plain repr, no traceback
+    with pytest.raises(ValueError, match="only spatial maps can be drawn"):
         flat.figure()
+    layer = relprop.explain(model, x, 3, layer="layer2")  # an 8x8 map: blocks over the input
+    without_inputs = relprop.Explanation(layer.relevance, layer.target, layer.score,
+                                         layer.logits, "rap-stable")
+    with pytest.raises(ValueError, match="pass images="):
+        without_inputs.figure()
+    drawn = layer.figure(max_images=1)
+    assert drawn.axes[1].images[0].get_array().shape[:2] == (32, 32)

@@ -1,6 +1,8 @@
 """relprop's methods as Captum attributions: ``relprop.captum.RAP(model).attribute(inputs,
-target=...)`` is a :class:`captum.attr.Attribution`, so code written for Captum's ``Saliency``
-or ``LRP`` (its visualisation, its metrics, ``NoiseTunnel``) takes it unchanged.
+target=...)`` is a :class:`captum.attr.Attribution`, so Captum's visualisation, its metrics
+and ``NoiseTunnel`` take it as they take Captum's own methods. The convergence delta is
+``sum - score``, with the sign of Captum's gradient methods (Captum's ``LRP`` reports
+``score - sum``).
 
 Needs Captum (``pip install captum``; relprop's gradient family already uses it).
 """
@@ -44,11 +46,18 @@ class RelpropAttribution(Attribution):
         return True
 
     def compute_convergence_delta(self, attributions, inputs, target=None) -> torch.Tensor:
-        """The relevance's sum minus the explained score, per example."""
+        """The relevance's sum minus the explained score, per example: the sign of Captum's
+        gradient methods (``sum - (f(x) - f(baseline))``); Captum's ``LRP`` reports
+        ``score - sum``."""
+        from .explainer import targets
+        from .explanation import class_scores
+        from .graph import eval_mode
         relevance = attributions if isinstance(attributions, torch.Tensor) else attributions[0]
         x = inputs if isinstance(inputs, torch.Tensor) else inputs[0]
-        with torch.no_grad():
-            score = self.explainer.explain(x, target).score  # the same scores, one forward
+        model = self.explainer.model
+        with torch.no_grad(), eval_mode(model):
+            scores = class_scores(model(x))  # one forward pass, no explanation
+        score = scores.gather(1, targets(target, scores).view(-1, 1)).squeeze(1)
         return relevance.flatten(1).sum(1) - score
 
     @property

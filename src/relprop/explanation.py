@@ -49,7 +49,7 @@ class Explanation:
         try:
             from IPython import get_ipython
             from IPython.display import Image as Picture, display
-            if get_ipython() is not None:
+            if get_ipython() is not None and "Terminal" not in type(get_ipython()).__name__:
                 display(Picture(data=self._png(images, max_images), format="png"))
                 return
         except ImportError:
@@ -59,8 +59,9 @@ class Explanation:
         from PIL import Image
         Image.open(io.BytesIO(self._png(images, max_images))).show()  # the system's viewer
 
-    def _repr_png_(self) -> bytes:
-        return self._png(None, 4)
+    def _repr_png_(self) -> bytes | None:
+        drawable = self.inputs is not None and self.inputs.dim() == 4 and self.heatmap.dim() == 3
+        return self._png(None, 4) if drawable else None  # None: Jupyter shows the repr
 
     def _png(self, images, max_images: int) -> bytes:
         import io

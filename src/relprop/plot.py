@@ -127,21 +127,30 @@ def tensor_image(x) -> Image.Image:
 
 def explanation_figure(explanation, images=None, max_images: int = 8):
     """An Explanation drawn: per image the input, the heat map and the overlay (one row each),
-    titled with the explained class and score."""
+    titled with the explained class and score. A layer's smaller map is shown in blocks over
+    the whole picture."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    if max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
     heat = explanation.heatmap
-    n = min(len(heat), max_images)
+    if heat.dim() != 3:
+        raise ValueError(f"only spatial maps can be drawn; this Explanation's heat map has shape "
+                         f"{tuple(heat.shape)} (N, H, W expected)")
     if images is None:
         if explanation.inputs is None or explanation.inputs.dim() != 4:
             raise ValueError("this Explanation holds no image batch to draw; pass images=")
-        images = [tensor_image(x) for x in explanation.inputs[:n]]
+        images = [tensor_image(x) for x in explanation.inputs[:max_images]]
+    n = min(len(heat), max_images, len(images))
     fig = Figure(figsize=(6.6, 2.2 * n + 0.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(n, 3, squeeze=False)
     for i in range(n):
+        picture = images[i].convert("RGB")
         h = heat[i].detach().float().cpu().numpy()
-        picture = images[i].convert("RGB").resize((h.shape[1], h.shape[0]), Image.BILINEAR)
+        if h.shape != (picture.height, picture.width):  # a layer's map: blocks over the picture
+            h = np.asarray(Image.fromarray(h.astype(np.float32)).resize(picture.size,
+                                                                         Image.NEAREST))
         panels = (picture, heatmap_image(h), overlay_image(picture, h))
         for ax, panel, title in zip(axes[i], panels, ("input", explanation.method, "overlay")):
             ax.imshow(panel)

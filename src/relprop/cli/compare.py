@@ -8,7 +8,7 @@ from tqdm import tqdm
 from .. import plot
 from ..outputs import write_json
 from ..registry import methods
-from .common import explain_batch, image_options, job, method_choice, writing
+from .common import Failure, explain_batch, image_options, job, method_choice, writing
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,19 @@ def add_parser(sub) -> None:
                     help="output folder (default: relprop-compare): compare.png (rows: images, "
                          "columns: methods), NAME_METHOD.png overlays and compare.json")
     co.set_defaults(run=run)
+
+
+def write_outputs(out, name, chosen, rows, records, skipped, interrupted=False) -> None:
+    """compare.png (where an image was explained) and compare.json; ``interrupted`` says in
+    the JSON that the run was stopped before its last image."""
+    if rows:
+        with writing(out / "compare.png"):
+            plot.grid(rows, chosen, out / "compare.png")
+    record = {"model": name, "methods": chosen, "images": records, "skipped": skipped}
+    if interrupted:
+        record["interrupted"] = True
+    with writing(out / "compare.json"):  # strict JSON: a non-finite sum becomes null
+        write_json(out / "compare.json", record)
 
 
 def run(args) -> int:
@@ -49,14 +62,15 @@ def run(args) -> int:
                 records.append(record)
                 rows.append((f"{item.source.name}: {explained}", item.view, heat))
             progress.update(len(batch))
-    finally:  # also after Ctrl+C: the grid and compare.json hold the finished images
+    except KeyboardInterrupt:  # Ctrl+C: the grid and compare.json hold the finished images
         progress.close()
-        if rows:
-            with writing(out / "compare.png"):
-                plot.grid(rows, chosen, out / "compare.png")
-        with writing(out / "compare.json"):  # strict JSON: a non-finite sum becomes null
-            write_json(out / "compare.json", {"model": name, "methods": chosen,
-                                              "images": records, "skipped": skipped})
+        try:
+            write_outputs(out, name, chosen, rows, records, skipped, interrupted=True)
+        except Failure:
+            pass  # the interruption is what the user is told about
+        raise
+    progress.close()
+    write_outputs(out, name, chosen, rows, records, skipped)
     print(f"model: {name}; {len(rows)} images x {len(chosen)} methods: wrote compare.png, "
           f"{len(rows) * len(chosen)} overlays and compare.json to {out}/")
     return 1 if skipped else 0

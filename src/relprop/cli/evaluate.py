@@ -141,21 +141,27 @@ def synthetic_source(name: str, args):
     return loaded, items, read, truth
 
 
-def resume(out: Path, header: dict, restart: bool, rank: int, size: int):
+def resume(out: Path, header: dict, items, restart: bool, rank: int, size: int):
     """(the measured part of an earlier run in ``out``, the indices it covered, the function
     that journals each finished batch of this one)."""
+    import torch.distributed as dist
+
     from ..evaluate.run import Result
-    if restart:
-        if rank == 0:
-            for path in journal.existing(out):
-                path.unlink()
-        batches = []
-    else:
-        try:
-            batches = journal.read(out, header)
-        except journal.SettingsDiffer as e:
-            raise Failure(f"--out {out} holds a run with other settings ({e} differ); pass "
-                          "--restart to start over there, or another --out") from None
+
+    def together():  # under torchrun: no process writes a journal while another reads one
+        if size > 1:
+            dist.barrier()
+    if restart and rank == 0:
+        for path in journal.existing(out):
+            path.unlink()
+    together()
+    try:
+        batches = [] if restart else journal.read(out, header, {i.index: str(i.path)
+                                                                for i in items})
+    except journal.SettingsDiffer as e:
+        raise Failure(f"--out {out} holds a run with other settings ({e} differ); pass "
+                      "--restart to start over there, or another --out") from None
+    together()
     done = frozenset(i for b in batches for i in b["indices"])
     resumed = Result()
     for b in batches:
@@ -163,8 +169,18 @@ def resume(out: Path, header: dict, restart: bool, rank: int, size: int):
     if done and rank == 0:
         print(f"relprop: continuing the run in {out}: {len(done)} images already measured "
               f"(--restart starts over)", file=sys.stderr)
-    writer = journal.Journal(journal.path_for(out, rank, size), header, fresh=restart)
-    return resumed, done, writer.record
+    path = journal.path_for(out, rank, size)
+    writer = journal.Journal(path, header, fresh=restart)
+
+    def record(covered, part):
+        with writing(path):
+            writer.record(covered, part)
+    return resumed, done, record
+
+
+def resolved(path: str | None) -> str | None:
+    """A path as the journal compares it: absolute where it names a file or folder."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
 
 
 EXAMPLES = 4  # images in examples.png
@@ -262,10 +278,11 @@ def run(args) -> int:
                 evaluation_data.pixel_range(preprocess, resize), read, truth)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        header = {"model": name, "weights": args.weights, "data": args.data,
-                  "boxes": args.boxes, "masks": args.masks, "methods": chosen,
+        header = {"model": name, "weights": resolved(args.weights),
+                  "data": resolved(args.data), "boxes": resolved(args.boxes),
+                  "masks": resolved(args.masks), "methods": chosen, "device": device.type,
                   **asdict(settings)}
-        resumed, done, record = resume(out, header, args.restart, rank, size)
+        resumed, done, record = resume(out, header, items, args.restart, rank, size)
     with phrased(), prepare.out_of_memory(
             f"evaluating {args.batch_size} images at once on {device}",
             "pass a smaller --batch-size or --forward-batch-size"):
@@ -275,8 +292,8 @@ def run(args) -> int:
         except ValueError as e:
             raise Failure(str(e)) from None
         except KeyboardInterrupt:
-            print(f"relprop: the finished images are kept in {out}/{journal.NAME}; run the "
-                  "same command again to continue", file=sys.stderr)
+            print(f"relprop: the finished images are kept in {out}/ (progress*.jsonl); run "
+                  "the same command again to continue", file=sys.stderr)
             raise
     if result is None:  # not rank 0: rank 0 writes
         return 0

@@ -5,11 +5,12 @@ The first line is the run's header (model, data, methods, settings); each furthe
 finished batch: the images it covered (skipped ones included) and its rows, curve sums and
 counts, as the batch's :class:`~relprop.evaluate.run.Result`. A line is appended whole, then
 flushed and synced; a torn last line (the kill came mid-write) is ignored. Reading the batches
-back in order gives the same sums as the run that wrote them, so a resumed run writes the same
-metrics.json as one that was never interrupted.
+back in order gives the same sums as the run that wrote them, so a resumed run (one process,
+the same command) writes the same metrics.json as one that was never interrupted.
 
 Under torchrun each process keeps its own file (``progress.rank{R}.jsonl``); a resumed run
-skips the images of every file, whatever the number of processes now.
+skips the images of every file, whatever the number of processes now (its figures then equal
+the uninterrupted run's up to the order of the sums, not bit for bit).
 """
 from __future__ import annotations
 
@@ -31,34 +32,43 @@ def path_for(out: Path, rank: int, size: int) -> Path:
 
 
 def existing(out: Path) -> list[Path]:
-    return sorted(Path(out).glob("progress*.jsonl"))
+    out = Path(out)
+    return sorted([out / NAME] * (out / NAME).exists() + list(out.glob("progress.rank*.jsonl")))
 
 
 def _plain(header: dict) -> dict:
     return json.loads(json.dumps(header))  # tuples become lists, as they are read back
 
 
-def read(out: Path, header: dict) -> list[dict]:
-    """Every finished batch in the folder's journals; SettingsDiffer names the settings that
-    changed since they were written."""
-    batches = []
+def read(out: Path, header: dict, files: dict) -> list[dict]:
+    """The finished batches in the folder's journals that belong to this run: ``files`` maps
+    each of its images' index to its file. SettingsDiffer names what changed since they were
+    written: a setting, or the data (an index that now names another file). A journal without
+    a finished batch (a run that failed before its first) is passed over."""
+    batches, seen = [], set()
     for path in existing(out):
         lines = path.read_text().splitlines()
-        if not lines:
+        found = []
+        for line in lines[1:]:
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the torn last line of a killed run
+        if not found:
             continue
-        try:
-            written = json.loads(lines[0])
-        except json.JSONDecodeError:
-            continue  # killed while writing the header: nothing measured yet
+        written = json.loads(lines[0])
         changed = sorted(k for k in set(written) | set(header)
                          if written.get(k) != _plain(header).get(k))
         if changed:
             raise SettingsDiffer(", ".join(changed))
-        for line in lines[1:]:
-            try:
-                batches.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # the torn last line of a killed run
+        for batch in found:
+            if any(files.get(i, f) != f for i, f in zip(batch["indices"], batch["files"])):
+                raise SettingsDiffer("the data's files")
+            indices = set(batch["indices"])
+            # a smaller --limit leaves some out; an image measured twice counts once
+            if indices <= files.keys() and not indices & seen:
+                batches.append(batch)
+                seen |= indices
     return batches
 
 
@@ -87,8 +97,12 @@ class Journal:
         partial.write_text("\n".join(kept) + "\n")
         partial.replace(path)
 
-    def record(self, indices: list[int], result) -> None:
-        line = {"indices": indices, "rows": result.rows, "skipped": result.skipped,
+    def record(self, items: list, result) -> None:
+        """Append one finished batch: its ``items`` (index and file of each image it covered,
+        skipped ones included) and their figures."""
+        line = {"indices": [item.index for item in items],
+                "files": [str(item.path) for item in items],
+                "rows": result.rows, "skipped": result.skipped,
                 "curves": [[list(key), total.tolist(), result.counts[key],
                             str(total.dtype).removeprefix("torch.")]
                            for key, total in result.curves.items()]}

@@ -115,7 +115,7 @@ def measure(model, explainers: dict, data: Data, settings: Settings, device,
     the merged result on rank 0, None on the others.
 
     ``done``: images measured before (skipped now), whose figures rank 0 brings in as
-    ``resumed``; ``record(indices, batch_result)`` is called after every finished batch (the
+    ``resumed``; ``record(items, batch_result)`` is called after every finished batch (the
     journal that lets a killed run resume)."""
     if "perturbation" in settings.metrics:  # before any work: too many steps for the regions
         settings.perturbation().check(data.crop, data.crop)
@@ -138,7 +138,7 @@ def measure(model, explainers: dict, data: Data, settings: Settings, device,
         batch, covered, part = [], [], Result()
 
     for item in mine:
-        covered.append(item.index)
+        covered.append(item)
         prepared = _prepare(item, data, part.skipped)
         if prepared is None:
             progress.update(1)

@@ -161,7 +161,7 @@ def train(name: str, arch: str, seed: int = 0, progress: bool = False):
     from tqdm import trange
     epochs, lr = EPOCHS[arch], LEARNING_RATE[arch]
     steps = epochs * -(-PER_EPOCH // 64)
-    warm = steps // 10
+    warm = max(1, steps // 10)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build(arch)
