@@ -2,10 +2,11 @@
 --model synthetic-ARCH`` for both sets and both networks, each on a fresh cache (so that the
 wall time includes training), then one table of the headline figures and the four full tables.
 
-    python benchmarks/synthetic.py            # about 40 min on two cores
+    python benchmarks/synthetic.py            # about 30 min on two cores
+    python benchmarks/synthetic.py --again shapes-distractor:cnn   # one run again
 
-Writes benchmarks/results/synthetic.md and synthetic.json (and the four runs' folders under
-benchmarks/results/synthetic/). Run it with nothing else on the machine: it measures wall time.
+Writes benchmarks/results/synthetic.md and synthetic.json, and the four runs' metrics.json,
+metrics.md and perturbation.png under benchmarks/results/synthetic/. Run it with nothing else on the machine: it measures wall time.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def run(name: str, arch: str) -> dict:
         raise SystemExit(done.stderr[-3000:])
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", done.stderr).group(1))
     record = json.loads((out / "metrics.json").read_text())
-    (out / "progress.jsonl").unlink()  # the journal repeats per_image.csv
+    for bulky in ("progress.jsonl", "per_image.csv", "examples.png"):  # 2-5 MB a run; the
+        (out / bulky).unlink()  # figures are in metrics.json, the pictures in docs/
     print(f"{name} {arch}: {wall:.0f} s, accuracy {accuracy:.3f}", flush=True)
     return {"set": name, "arch": arch, "wall_s": wall, "accuracy": accuracy,
             "command": " ".join(command(name, arch, Path(f"eval-{name}-{arch}"))),
@@ -69,7 +71,8 @@ def headline(runs: list[dict]) -> str:
     by = {(r["set"], r["arch"]): r["metrics"] for r in runs}
     methods = list(by[("shapes", "vit")])  # the ViT's: every method, rollouts included
     methods = [m for m in methods if m != "random"]
-    header = ["method"] + [f"{c} ({a.upper()})" for c, _, _ in HEADLINE for a in ("cnn", "vit")]
+    header = ["method"] + [f"{c} ({ {'cnn': 'CNN', 'vit': 'ViT'}[a]})" for c, _, _ in HEADLINE
+                           for a in ("cnn", "vit")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         cells = [m]
@@ -82,7 +85,19 @@ def headline(runs: list[dict]) -> str:
 
 
 def main() -> None:
-    runs = [run(name, arch) for name, arch in RUNS]
+    """All four runs; ``--again SET:ARCH`` repeats one (e.g. to time it alone) and keeps the
+    others from synthetic.json."""
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--again", action="append", default=[], metavar="SET:ARCH")
+    parser.add_argument("--report", action="store_true",
+                        help="only write synthetic.md again from synthetic.json")
+    options = parser.parse_args()
+    again = {tuple(a.split(":")) for a in options.again}
+    kept = {(r["set"], r["arch"]): r for r in json.loads((RESULTS / "synthetic.json").read_text())
+            } if again or options.report else {}
+    runs = [run(name, arch) if not (again or options.report) or (name, arch) in again
+            else kept[(name, arch)] for name, arch in RUNS]
     parts = ["# Every method against known evidence (synthetic shapes)", "",
              "`python benchmarks/synthetic.py`; 100 held-out images per set, 2 CPU threads, each "
              "run on a fresh cache (wall time includes training).", "",
