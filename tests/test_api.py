@@ -233,7 +233,7 @@ def test_no_warning_in_eval_mode(vgg):
 
 
 def test_register_rule_adds_a_new_kind():
-    """The README's recipe: a module of one's own with a rule of one's own. Registered for rap,
+    """docs/extending.md's recipe: a module of one's own with a rule of one's own. Registered for rap,
     it serves rap-stable (the default explain uses below), a variant of rap, too."""
     class Halve(nn.Module):
         def forward(self, x):

@@ -15,7 +15,7 @@ import torchvision
 import relprop
 from relprop import cli, registry
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"  # the site's pages, where the recipes live
 
 
 def _vgg():
@@ -24,7 +24,7 @@ def _vgg():
 
 
 def test_integrated_gradients_at_a_layer_runs_one_batch_per_step():
-    """All 50 steps at once is the memory blow-up the README warns about; the layer variant must
+    """All 50 steps at once is the memory blow-up the docs warn about; the layer variant must
     run one batch of the caller's size per step, as the input variant does."""
     model, x = _vgg(), torch.randn(2, 3, 32, 32)
     seen = []
@@ -109,17 +109,17 @@ def test_a_name_is_registered_once():
         relprop.register_method("rap", relprop.RAP, family="propagation", summary="again.")
 
 
-def _readme_block(heading: str) -> str:
-    text = README.read_text()
+def _docs_block(page: str, heading: str) -> str:
+    text = (DOCS / page).read_text()
     section = text[text.index(heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_recipe_adds_a_method_with_one_call(tmp_path, capsys):
-    """The README's 'A method of your own': one register_method call, and the method is in
+def test_the_docs_recipe_adds_a_method_with_one_call(tmp_path, capsys):
+    """docs/extending.md's 'A method of your own': one register_method call, and the method is in
     relprop.methods(), explain, the command line's choices, and conserves as it says."""
     namespace = {}
-    exec(_readme_block("### A method of your own"), namespace)
+    exec(_docs_block("extending.md", "## A method of your own"), namespace)
     assert "occlusion" in relprop.methods()
     model, x = _vgg(), torch.randn(2, 3, 32, 32)
     e = relprop.explain(model, x, method="occlusion", window=8)
@@ -137,10 +137,10 @@ def test_the_readme_recipe_adds_a_method_with_one_call(tmp_path, capsys):
     assert "occlusion" in capsys.readouterr().out
 
 
-def test_the_readme_method_table_is_the_registry():
-    text = README.read_text()
+def test_the_docs_method_table_is_the_registry():
+    text = (DOCS / "methods.md").read_text()
     table = registry.markdown_table(relprop.DEFAULT_METHOD)
-    assert table in text, "README's method table is not the registry's; run " \
+    assert table in text, "docs/methods.md's method table is not the registry's; run " \
         "python -c 'import relprop; print(relprop.registry.markdown_table(\"rap-stable\"))'"
 
 
