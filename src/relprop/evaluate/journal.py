@@ -56,9 +56,8 @@ def read(out: Path, header: dict, files: dict) -> list[dict]:
                 break  # the torn last line of a killed run
         if not found:
             continue
-        written = json.loads(lines[0])
-        changed = sorted(k for k in set(written) | set(header)
-                         if written.get(k) != _plain(header).get(k))
+        written, now = json.loads(lines[0]), _plain(header)
+        changed = sorted(k for k in set(written) | set(now) if written.get(k) != now.get(k))
         if changed:
             raise SettingsDiffer(", ".join(changed))
         for batch in found:
