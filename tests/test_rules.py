@@ -427,3 +427,42 @@ def test_an_in_place_activation_after_a_sum_is_explained_as_one_that_is_not(acti
         got = relprop.explain(inplace, x, [0, 1], method=method)
         assert torch.allclose(got.score, want.score, rtol=1e-12)
         assert torch.allclose(got.relevance, want.relevance, rtol=1e-9, atol=1e-12), method
+
+
+def _pool_matrix(x_shape, fn):
+    """The (out, in) matrix of a linear pooling ``fn`` on one image, column by column."""
+    n_in = int(torch.tensor(x_shape).prod())
+    cols = [fn(torch.eye(n_in, dtype=D)[j].view(x_shape)).flatten() for j in range(n_in)]
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.01, 0.5])
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 1, 1)])
+def test_average_pool_matches_the_stabilised_matrix_form(epsilon, pool):
+    """rap-spec §9.2/§7.5: ``R_j = Σ_i w_ij (x_j + ε s_i |x_j|) R_i / (z_i + ε s_i Σ_j w_ij |x_j|)``
+    on a signed input, against the pooling's own matrix; one window is all zeros, where the
+    flat share gives the relevance to the window in proportion to W."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 1, 4, 4, generator=g, dtype=D)
+    x[..., :2, :2] = 0  # the first 2x2 window sums to 0 (and has no input to share it by)
+    kernel, stride, padding = pool
+    fn = lambda v: F.avg_pool2d(v, kernel, stride, padding)  # noqa: E731
+    op = make_op("pool", F.avg_pool2d, (Ref("x"), kernel, stride, padding))
+    z = fn(x)
+    relevance = torch.randn(z.shape, generator=g, dtype=D)
+    env = {"x": x, "y": z}
+    run = run_with(env)
+    run.options = {"epsilon": epsilon}
+    (out,) = rap.positive_map(op, relevance, run, epsilon)
+    w = _pool_matrix(x.shape[1:], lambda v: fn(v.unsqueeze(0))[0])
+    xv, zv, rv = x.flatten(), z.flatten(), relevance.flatten()
+    s = torch.where(zv >= 0, 1.0, -1.0).to(D)
+    den = zv + epsilon * s * (w @ xv.abs())
+    expected = torch.zeros_like(xv)
+    for i in range(len(zv)):
+        if den[i] != 0:
+            expected += w[i] * (xv + epsilon * s[i] * xv.abs()) * rv[i] / den[i]
+        else:
+            expected += w[i] * rv[i] / w[i].sum()
+    assert torch.allclose(out.flatten(), expected, rtol=1e-12, atol=1e-14)
+    assert torch.isclose(out.sum(), relevance.sum(), rtol=1e-12)

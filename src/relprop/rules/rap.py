@@ -15,8 +15,8 @@ from ..graph import output_layers as find_output_layers
 from ..ir import Ref, resolve
 from ..ops import pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
-from .common import factor_vjps, matmul as common_matmul, movement as route, operand_shares
-from .common import weight_and_signal
+from .common import factor_vjps, input_vjp, is_max_pool, matmul as common_matmul
+from .common import movement as route, operand_shares, pool as route_pool, weight_and_signal
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
@@ -245,6 +245,54 @@ def stable_add(op, relevance, run):
     s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
     scaled = sdiv(relevance, z + eps * s * (a.abs() + b.abs()))
     return operand_shares(op, (a, b), lambda value: (value + eps * s * value.abs()) * scaled)
+
+
+@register_rule("pool", method="rap", needs_output=True, dtypes=WITH_BFLOAT16)
+def pool(op, relevance, run):
+    """§5 and §9.2: max pooling routes relevance to the winner; an average pool or a mean is a
+    linear map with non-negative weights and takes the z-rule, with §7.3's flat share where a
+    window sums to 0 but relevance arrives (a window of ReLU zeros, which a residual block's
+    LayerNorm or shift behind the pool can still hand relevance: it was dropped there)."""
+    if is_max_pool(op):
+        return route_pool(op, relevance, run)
+    return (positive_map(op, relevance, run, 0.0),)
+
+
+@register_rule("pool", method="rap-stable", needs_inputs=True, needs_output=True,
+               dtypes=WITH_BFLOAT16)
+def stable_pool(op, relevance, run):
+    """§9.2 in ``rap-stable``: an average of a signed input takes the stabilised z-rule of §7.5
+    (an average of non-negative inputs is the same rule as ``rap``'s, computed as that)."""
+    if is_max_pool(op) or op.input_nonneg:
+        return pool(op, relevance, run)
+    return (positive_map(op, relevance, run, run.options["epsilon"]),)
+
+
+def positive_map(op, relevance, run, epsilon):
+    """The z-rule of ``z = W·x`` with ``W >= 0`` (pooling, means, resampling):
+    ``R_j = Σ_i w_ij (x_j + ε s_i |x_j|) R_i / (z_i + ε s_i Σ_j w_ij |x_j|)`` with
+    ``s = sign(z)`` (+1 at 0); ``ε = 0`` is the plain z-rule. Where the denominator is 0 (every
+    input of the window is 0), the relevance is shared over the window in proportion to ``W``
+    (§7.3's flat rule), so that the op conserves."""
+    z = run.output(op)
+    if epsilon:
+        s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+        args = run.args(op)
+        magnitude = op.fn(args[0].abs(), *args[1:], **run.kwargs(op))
+        denominator = z + epsilon * s * magnitude
+    else:
+        denominator = z
+    x, g = input_vjp(op, run, lambda _: sdiv(relevance, denominator))
+    r = x * g
+    if epsilon:
+        r += epsilon * x.abs() * input_vjp(op, run, lambda _: s * sdiv(relevance, denominator))[1]
+    lost = relevance * (denominator == 0)
+    if lost.any():
+        ones = torch.ones_like(x)
+        args = run.args(op)
+        reach = op.fn(ones, *args[1:], **run.kwargs(op))
+        r += input_vjp(op, run, lambda _: sdiv(lost, reach))[1]
+    return r
 
 
 @register_rule("matmul", method="rap", needs_inputs=True, needs_output=True)
