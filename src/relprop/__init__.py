@@ -16,7 +16,7 @@ __all__ = ["NotApplicable", "RAP", "StableRAP", "LRP", "Explainer", "Call", "Exp
            "register_method", "get_method", "MethodSpec", "Option", "methods", "trace",
            "DEFAULT_METHOD"]
 
-_LAZY = {"models", "plot"}  # torchvision's model zoo and matplotlib load only when used
+_LAZY = {"models", "plot", "targets"}  # torchvision's model zoo and matplotlib load only when used
 
 
 def __getattr__(name):

@@ -49,15 +49,14 @@ class RelpropAttribution(Attribution):
         """The relevance's sum minus the explained score, per example: the sign of Captum's
         gradient methods (``sum - (f(x) - f(baseline))``); Captum's ``LRP`` reports
         ``score - sum``."""
-        from .explainer import targets
-        from .explanation import class_scores
         from .graph import eval_mode
+        from .targets import main_output, resolve
         relevance = attributions if isinstance(attributions, torch.Tensor) else attributions[0]
         x = inputs if isinstance(inputs, torch.Tensor) else inputs[0]
         model = self.explainer.model
         with torch.no_grad(), eval_mode(model):
-            scores = class_scores(model(x))  # one forward pass, no explanation
-        score = scores.gather(1, targets(target, scores).view(-1, 1)).squeeze(1)
+            output = main_output(model(x))  # one forward pass, no explanation
+        score = resolve(target, output, linear=self.explainer.linear_targets).score
         return relevance.flatten(1).sum(1) - score
 
     @property

@@ -20,11 +20,10 @@ from typing import Any, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .explanation import Explanation, class_scores
+from .explanation import Explanation
 from .graph import eval_mode, unwrap
 from .registry import get_method, specs
-
-Target = Union[None, int, Sequence[int], torch.Tensor]
+from .targets import Target, main_output, resolve
 
 
 @dataclass
@@ -33,12 +32,21 @@ class Call:
 
     model: nn.Module
     inputs: torch.Tensor  # the batch (a clone where the caller's was an inference tensor)
-    logits: torch.Tensor  # the model output
-    target: torch.Tensor  # (N,) the explained class per image
+    logits: torch.Tensor  # the model's main output (rap-spec §9.1)
+    target: torch.Tensor  # (N,) the explained class per image, -1 where it is not one class
     score: torch.Tensor  # (N,) the explained score per image
     options: dict  # the method's options, defaults filled in
     layer: str | None  # where the method was asked to stop, if anywhere
     state: Any = None  # what the method's own forward pass kept (propagation: the engine's)
+    weights: torch.Tensor | None = None  # w: the score is Σ w ⊙ logits (rap-spec §9.1)
+    function: Any = None  # a callable target the method differentiates as it is (gradients)
+
+    def scores_of(self, output: torch.Tensor) -> torch.Tensor:
+        """(N,) the explained score on ``output`` (the main output of a forward pass that
+        autograd recorded): the target callable, or ``Σ w ⊙ output``."""
+        if self.function is not None:
+            return self.function(output)
+        return (self.weights * output).flatten(1).sum(1)
 
 
 class Explainer:
@@ -52,6 +60,7 @@ class Explainer:
     """
 
     method = ""  # the registered name; a subclass for one method sets it
+    linear_targets = True  # explains Σ w ⊙ y, so a callable target must be that (§9.1)
 
     def __init__(self, model: nn.Module, method: str | None = None, **options):
         if not isinstance(model, nn.Module):
@@ -70,7 +79,8 @@ class Explainer:
     def explain(self, inputs: torch.Tensor, target: Target = None, layer: str | None = None,
                 **options) -> Explanation:
         """The :class:`Explanation` of ``inputs`` (a batch) for ``target`` (None: the predicted
-        class); ``layer`` where the method supports it; ``options`` override the explainer's."""
+        class; see :mod:`relprop.targets` for weights, regions and callables); ``layer`` where
+        the method supports it; ``options`` override the explainer's."""
         opts = self.spec.resolve_options({**self.options, **options})
         model = self.model
         if layer is not None:
@@ -82,14 +92,15 @@ class Explainer:
         with torch.inference_mode(False), eval_mode(model), exact_float32():
             x = inputs.clone() if inputs.is_inference() else inputs
             with torch.no_grad():
-                logits, state = self._forward(model, x)
+                output, state = self._forward(model, x)
+            logits = main_output(output)
             check_finite(logits)
-            scores = class_scores(logits)
-            tgt = targets(target, scores)
-            score = scores.gather(1, tgt.view(-1, 1)).squeeze(1)
-            relevance = self._attribute(Call(model, x, logits, tgt, score, opts, layer, state))
-        return Explanation(relevance.detach(), tgt, score, logits.detach(), self.method,
-                           inputs.detach())
+            explained = resolve(target, logits.detach(), linear=self.linear_targets)
+            relevance = self._attribute(Call(model, x, logits, explained.classes,
+                                             explained.score, opts, layer, state,
+                                             explained.weights, explained.function))
+        return Explanation(relevance.detach(), explained.classes, explained.score,
+                           logits.detach(), self.method, inputs.detach())
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
         """Raise a ValueError now, before any image is read, where ``layer`` or ``dtype`` cannot
@@ -169,36 +180,6 @@ def check_finite(logits: torch.Tensor) -> None:
             f"the model's output is not finite (NaN or Inf) for image(s) {images[:10]} of the "
             "batch: no score to explain. Check the model's weights and buffers for NaN/Inf "
             "(e.g. torch.isfinite(p).all() for p in model.parameters()) and the inputs' scale.")
-
-
-def targets(target: Target, scores: torch.Tensor) -> torch.Tensor:
-    n, k = scores.shape
-    if target is None:
-        return scores.argmax(1)
-    if isinstance(target, str) or (isinstance(target, (list, tuple)) and
-                                   any(isinstance(t, str) for t in target)):
-        raise ValueError(f"target must be class indices (int), got the name {target!r}; look "
-                         "the index up in the class names, e.g. "
-                         "relprop.models.load(name)[2].index('tabby')")
-    try:
-        t = torch.as_tensor(target, device=scores.device).reshape(-1)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"target must be None, an int, a list of ints or an integer tensor; "
-                         f"got {target!r} ({e})") from None
-    if t.numel() == 0:
-        raise ValueError("target is empty; give one class, one class per image, or None for the "
-                         "predicted class")
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        raise ValueError(f"target must be class indices (int), got {t.dtype}")
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise ValueError(f"target has {t.numel()} entries for a batch of {n}; give one class, "
-                         "one class per image, or None for the predicted class")
-    if (t < 0).any() or (t >= k).any():
-        raise ValueError(f"target {t.tolist()} is out of range: the model has {k} classes "
-                         f"(0..{k - 1})")
-    return t.long()
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

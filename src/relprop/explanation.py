@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def class_scores(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K): one score per class; a spatial output's class map is summed over its positions
-    (rap-spec §7.4)."""
-    return logits.flatten(2).sum(-1) if logits.dim() > 2 else logits
+from .targets import class_scores
 
 
 @dataclass
@@ -24,7 +20,7 @@ class Explanation:
     """
 
     relevance: torch.Tensor
-    target: torch.Tensor  # (N,) the explained class per image
+    target: torch.Tensor  # (N,) the explained class per image (-1: a target that is no class)
     score: torch.Tensor  # (N,) the explained score per image
     logits: torch.Tensor  # (N, K) or (N, K, ...) the model output
     method: str

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedOperation, UntraceableModel
 from .explainer import Call, Explainer, warn_at_caller
-from .explanation import class_scores
+from .targets import main_output
 from .graph import traced
 from .registry import register_method
 
@@ -32,8 +32,9 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.ELU, nn.LeakyReLU, nn.Sigmoid,
 
 @dataclass(frozen=True)
 class Recipe:
-    """How Captum computes one method. ``attribute(f, x, target, options, layer)`` with ``f``
-    the model with one score per class and ``layer`` a module of ``f`` or None.
+    """How Captum computes one method. ``attribute(f, x, extra, options, layer)`` with ``f``
+    the model with the explained score as its one output (:class:`Scored`), ``extra`` the
+    forward arguments Captum passes on to it and ``layer`` a module of ``f`` or None.
     ``exclusive``: a call changes state another call would see (Captum hooks the model's
     modules, or the method draws from the global random generator), even at the input.
     ``handles``/``falls_back_to``: the activations its rule acts on, and what the map is where
@@ -49,7 +50,9 @@ class Recipe:
 
 class CaptumExplainer(Explainer):
     """A gradient-family method computed by Captum on the user's model (never modified: Captum
-    works on a wrapper that sums a spatial output per class, and on a fresh input tensor)."""
+    works on a wrapper that gives the explained score, and on a fresh input tensor)."""
+
+    linear_targets = False  # a callable target is differentiated as it is
 
     def __init__(self, model: nn.Module, method: str, recipe: Recipe, **options):
         super().__init__(model, method, **options)
@@ -84,7 +87,8 @@ class CaptumExplainer(Explainer):
                 f"activations the map is {self.recipe.falls_back_to}'s")
 
     def _attribute(self, call: Call) -> torch.Tensor:
-        f = ClassScores(self.recipe.wrap(call.model))
+        f = Scored(self.recipe.wrap(call.model), call.function)
+        extra = None if call.function is not None else (call.weights,)
         layer = None if call.layer is None else _submodule(f.model, call.model, call.layer,
                                                              self.method)
         with torch.enable_grad(), warnings.catch_warnings():
@@ -93,7 +97,7 @@ class CaptumExplainer(Explainer):
                                     category=UserWarning)
             try:
                 leaf = call.inputs.detach().requires_grad_()  # the caller's is not touched
-                found = self.recipe.attribute(f, leaf, call.target, call.options, layer)
+                found = self.recipe.attribute(f, leaf, extra, call.options, layer)
             except (RuntimeError, AssertionError, TypeError) as e:
                 hint = ""
                 if self.recipe.hint and self.recipe.hint[0] in str(e):
@@ -104,16 +108,20 @@ class CaptumExplainer(Explainer):
         return found[0] if isinstance(found, tuple) else found
 
 
-class ClassScores(nn.Module):
-    """The model with one score per class: a spatial output's map summed over its positions.
+class Scored(nn.Module):
+    """The model with the explained score as its one output, (N, 1): ``Σ w ⊙ y`` of its main
+    output with the weights ``w`` given to ``forward`` (so that Captum expands them with the
+    inputs, for integrated gradients' steps and SmoothGrad's copies), or the target callable.
     A new module around the user's; theirs is not changed."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, function=None):
         super().__init__()
-        self.model = model
+        self.model, self.function = model, function
 
-    def forward(self, x):
-        return class_scores(self.model(x))
+    def forward(self, x, weights=None):
+        y = main_output(self.model(x))
+        score = self.function(y) if weights is None else (weights * y).flatten(1).sum(1)
+        return score.reshape(-1, 1)
 
 
 def _submodule(runs: nn.Module, model: nn.Module, layer: str, method: str) -> nn.Module:
@@ -128,31 +136,32 @@ def _submodule(runs: nn.Module, model: nn.Module, layer: str, method: str) -> nn
     return module
 
 
-def _gradient(f, x, target, opts, layer):
+def _gradient(f, x, extra, opts, layer):
     from captum import attr
     if layer is None:
-        return attr.Saliency(f).attribute(x, target=target, abs=False)
+        return attr.Saliency(f).attribute(x, target=0, abs=False, additional_forward_args=extra)
     return attr.LayerGradientXActivation(f, layer, multiply_by_inputs=False).attribute(
-        x, target=target)
+        x, target=0, additional_forward_args=extra)
 
 
-def _gradient_x_input(f, x, target, opts, layer):
+def _gradient_x_input(f, x, extra, opts, layer):
     from captum import attr
     if layer is None:
-        return attr.InputXGradient(f).attribute(x, target=target)
-    return attr.LayerGradientXActivation(f, layer).attribute(x, target=target)
+        return attr.InputXGradient(f).attribute(x, target=0, additional_forward_args=extra)
+    return attr.LayerGradientXActivation(f, layer).attribute(x, target=0,
+                                                             additional_forward_args=extra)
 
 
-def _integrated_gradients(f, x, target, opts, layer):
+def _integrated_gradients(f, x, extra, opts, layer):
     from captum import attr
     method = attr.IntegratedGradients(f) if layer is None else \
         attr.LayerIntegratedGradients(f, layer)
     # One batch of the caller's size per step: memory like a gradient's, not steps times it.
-    return method.attribute(x, baselines=opts["baseline"], target=target, n_steps=opts["steps"],
-                            internal_batch_size=len(x))
+    return method.attribute(x, baselines=opts["baseline"], target=0, n_steps=opts["steps"],
+                            internal_batch_size=len(x), additional_forward_args=extra)
 
 
-def _smoothgrad(f, x, target, opts, layer):
+def _smoothgrad(f, x, extra, opts, layer):
     """SmoothGrad: the gradient averaged over noisy copies of the input; the noise's standard
     deviation is ``noise`` times each image's value range, seeded without touching the
     caller's random state."""
@@ -164,18 +173,20 @@ def _smoothgrad(f, x, target, opts, layer):
         torch.manual_seed(opts["seed"])
         return NoiseTunnel(Saliency(f)).attribute(
             x, nt_type="smoothgrad", nt_samples=opts["samples"], stdevs=opts["noise"] * spread,
-            target=target, abs=False, nt_samples_batch_size=1)  # one noisy batch at a time
+            target=0, abs=False, nt_samples_batch_size=1,  # one noisy batch at a time
+            additional_forward_args=extra)
 
 
-def _guided_backprop(f, x, target, opts, layer):
+def _guided_backprop(f, x, extra, opts, layer):
     from captum.attr import GuidedBackprop
-    return GuidedBackprop(f).attribute(x, target=target)
+    return GuidedBackprop(f).attribute(x, target=0, additional_forward_args=extra)
 
 
-def _deeplift(f, x, target, opts, layer):
+def _deeplift(f, x, extra, opts, layer):
     from captum import attr
     method = attr.DeepLift(f) if layer is None else attr.LayerDeepLift(f, layer)
-    return method.attribute(x, baselines=opts["baseline"], target=target)
+    return method.attribute(x, baselines=opts["baseline"], target=0,
+                            additional_forward_args=extra)
 
 
 def one_relu_per_call(model: nn.Module) -> nn.Module:
@@ -201,7 +212,7 @@ def one_relu_per_call(model: nn.Module) -> nn.Module:
     return gm
 
 
-def _grad_cam(f, x, target, opts, layer):
+def _grad_cam(f, x, extra, opts, layer):
     """Grad-CAM at ``target_layer`` (default: the last convolution of the traced graph), ReLU'd
     and upsampled to the input, spread evenly over the colour channels so that the heat map is
     the CAM; with ``layer=``, the CAM at that layer, at its own resolution."""
@@ -210,11 +221,12 @@ def _grad_cam(f, x, target, opts, layer):
         if opts["target_layer"] is not None:
             raise ValueError("grad-cam takes layer= (the CAM at that layer's resolution) or "
                              "target_layer= (the CAM there, upsampled to the input), not both")
-        return LayerGradCam(f, layer).attribute(x, target=target, relu_attributions=True)
+        return LayerGradCam(f, layer).attribute(x, target=0, relu_attributions=True,
+                                                additional_forward_args=extra)
     path = opts["target_layer"]
     tokens = last_token_layer(f.model)  # None: no attention, a CNN's (N, C, H, W) maps
     if path is None and tokens is not None:  # the token map, where it is one (not MaxViT's)
-        found = _token_cam(f, x, target, f.model.get_submodule(tokens), path or tokens)
+        found = _token_cam(f, x, extra, f.model.get_submodule(tokens), path or tokens)
         if found is not None:
             return found
     path = path or last_convolution(f.model)
@@ -223,10 +235,11 @@ def _grad_cam(f, x, target, opts, layer):
     except AttributeError:
         raise ValueError(f"grad-cam: the model has no module '{path}'; pass target_layer= a "
                          f"module path such as '{last_convolution(f.model)}'") from None
-    found = _token_cam(f, x, target, at, path) if tokens is not None else None
+    found = _token_cam(f, x, extra, at, path) if tokens is not None else None
     if found is not None:
         return found
-    cam = LayerGradCam(f, at).attribute(x, target=target, relu_attributions=True)
+    cam = LayerGradCam(f, at).attribute(x, target=0, relu_attributions=True,
+                                        additional_forward_args=extra)
     cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
     return cam.expand_as(x) / x.shape[1]
 
@@ -250,7 +263,7 @@ def last_token_layer(model: nn.Module) -> str | None:
     return paths[-1] if paths else None
 
 
-def _token_cam(f, x, target, module: nn.Module, path: str):
+def _token_cam(f, x, extra, module: nn.Module, path: str):
     """Grad-CAM on a token map: the channels of ``module``'s output (N, T, C) after its prefix
     tokens, or (N, H, W, C) channels last, weighted by their gradient averaged over the
     tokens, summed, ReLU'd and upsampled. None where the output is no token map (a CNN's
@@ -261,7 +274,7 @@ def _token_cam(f, x, target, module: nn.Module, path: str):
     kept = []
     hook = module.register_forward_hook(lambda m, i, out: kept.append(out))
     try:
-        logits = f(x)
+        score = f(x, *(extra or ())).sum()
     finally:
         hook.remove()
     if not kept:
@@ -271,11 +284,11 @@ def _token_cam(f, x, target, module: nn.Module, path: str):
     height, width = x.shape[2:]
     if a.dim() == 3 and patch_grid(a.shape[1], height, width) is not None:
         prefix, rows, cols = patch_grid(a.shape[1], height, width)
-        (g,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), a)
+        (g,) = torch.autograd.grad(score, a)
         a, g = a[:, prefix:], g[:, prefix:]
     elif a.dim() == 4 and a.shape[1] * width == a.shape[2] * height and a.shape[3] != a.shape[1]:
         rows, cols = a.shape[1:3]
-        (g,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), a)
+        (g,) = torch.autograd.grad(score, a)
         a, g = a.flatten(1, 2), g.flatten(1, 2)
     else:
         return None

@@ -201,12 +201,7 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
         if node.op == "get_attr":
             continue
         if node.op == "output":
-            out = node.args[0]
-            if isinstance(out, (list, tuple)) and len(out) == 1:  # pytree-flattened (fx does
-                out = out[0]  # so where a default it traced at is a tuple)
-            if not isinstance(out, fx.Node):
-                raise UntraceableModel("relprop explains models that return one tensor; this "
-                                       f"one returns {type(out).__name__}")
+            out = _main_output_node(node.args[0])
             output_name = alias.get(out.name, out.name)
             continue
         args, kwargs = sub(node.args), sub(node.kwargs)
@@ -260,6 +255,24 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
     graph = Graph(ops, placeholders[0].name, output_name)
     _analyse(graph)
     return graph
+
+
+def _main_output_node(out):
+    """The node of the model's main output (rap-spec §9.1): the output itself, the 'out' or
+    'logits' entry of a dict (torchvision's segmentation models), the first of a tuple (fx
+    flattens a default it traced at into one)."""
+    if isinstance(out, dict):
+        key = next((k for k in ("out", "logits") if k in out), None)
+        if key is None:
+            raise UntraceableModel(f"the model returns a dict with keys {sorted(map(str, out))}; "
+                                   "relprop explains its 'out' or 'logits' entry")
+        out = out[key]
+    while isinstance(out, (list, tuple)) and out:
+        out = out[0]
+    if not isinstance(out, fx.Node):
+        raise UntraceableModel("relprop explains models that return a tensor, a dict's 'out' or "
+                               f"a tuple's first element; this one returns {type(out).__name__}")
+    return out
 
 
 def _piece_of(node: fx.Node, root: nn.Module, args, kwargs, pieces: dict, status: dict
@@ -393,7 +406,7 @@ def _moves_or_copies(op: Op) -> bool:
 
 
 # Ops through which the output can still be read as one layer's value, elementwise or per class.
-_AFTER_OUTPUT_LAYER = ("passthrough", "movement", "batchnorm", "pool")
+_AFTER_OUTPUT_LAYER = ("passthrough", "movement", "batchnorm", "pool", "resample")
 
 
 def output_layers(graph: Graph) -> tuple[tuple[str, ...], Op | None]:
@@ -435,6 +448,22 @@ def _ancestors(graph: Graph, name: str) -> set[str]:
                 seen.add(parent)
                 frontier.append(parent)
     return seen
+
+
+def after_output_layers(graph: Graph) -> list[Op]:
+    """The ops between the output layers and the output (upsampling, reshapes, the sum of
+    heads): through them a method carries the target's weighting, not relevance."""
+    stop = set(graph.output_layers)
+    found, frontier, seen = [], [graph.output], set()
+    while frontier:
+        name = frontier.pop()
+        if name in seen or name in stop or name not in graph:
+            continue
+        seen.add(name)
+        op = graph.op(name)
+        found.append(op)
+        frontier.extend(op.inputs)
+    return found
 
 
 def output_layer(graph: Graph) -> tuple[str | None, Op | None]:

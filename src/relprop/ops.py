@@ -13,6 +13,8 @@ kind            meaning (``args``)
 ``batchnorm``   ``F.batch_norm(x, mean, var, weight, bias)`` in inference mode
 ``passthrough`` elementwise, relevance unchanged: ReLU, Dropout, ``x * c + t``, ...
 ``pool``        a positively homogeneous reduction of one input: max/avg pooling, mean
+``resample``    ``F.interpolate``/``nn.Upsample`` (nearest, bilinear, area): a linear map with
+                non-negative weights fixed by the sizes (rap-spec §9.2)
 ``add``         the sum of two tensors (a residual connection)
 ``movement``    a pure rearrangement: reshape, flatten, slicing, ``cat``, zero padding,
                 ``chunk``/``split``/``unbind`` (one op per piece used), ``roll``, ``expand``
@@ -364,6 +366,33 @@ for _f in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_poo
     _function(_f)(_pool(_f))
 for _name in ("mean", "amax"):
     _function(_name)(_pool(getattr(torch.Tensor, _name)))
+
+
+# rap-spec §9.2: resampling is a linear map with weights fixed by the sizes; nearest, (bi)linear
+# and area resampling have non-negative weights, bicubic has negative ones (not supported).
+_RESAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area")
+
+
+@_function(F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest)
+def _interpolate(args, kwargs):
+    b = _bind(args, kwargs, ("input", "size", "scale_factor", "mode", "align_corners",
+                             "recompute_scale_factor", "antialias"),
+              {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+               "recompute_scale_factor": None, "antialias": False})
+    if b["mode"] not in _RESAMPLE_MODES:
+        raise UnsupportedCall(f"interpolate(mode='{b['mode']}') has negative weights; relprop "
+                              f"resamples with {', '.join(_RESAMPLE_MODES)}")
+    if b["antialias"]:
+        raise UnsupportedCall("interpolate(antialias=True)")
+    settings = {k: b[k] for k in ("size", "scale_factor", "mode", "align_corners",
+                                  "recompute_scale_factor")}
+    return Normalised("resample", F.interpolate, (b["input"],), settings, "same")
+
+
+@_module(nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d)
+def _upsample_module(m, args, kwargs):
+    return _interpolate((args[0],), {"size": m.size, "scale_factor": m.scale_factor,
+                                     "mode": m.mode, "align_corners": m.align_corners})
 
 
 @_module(nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d)

@@ -96,15 +96,12 @@ class Propagation(Explainer):
 
     def _attribute(self, call: Call) -> torch.Tensor:
         plan, kept = call.state
-        logits, target = call.logits, call.target
         stop = None if call.layer is None else _node(plan.graph, call.layer)
-        start = torch.zeros_like(logits)
-        start.scatter_(1, target.view(-1, *([1] * (logits.dim() - 1))).expand(
-            -1, 1, *logits.shape[2:]), 1.0)
-        if self.start_at_score:
-            start = start * logits
-        else:  # a class map's positions share the one (RAP's output rule normalises to Σd·s)
-            start = start / max(1, start[0].sum().item())
+        weights = call.weights
+        if self.start_at_score:  # the start relevance is w ⊙ y (rap-spec §9.1)
+            start = weights * call.logits
+        else:  # d = w, summing to 1 in magnitude (RAP's output rule normalises to the score)
+            start = weights / weights.flatten(1).abs().sum(1).view(-1, *([1] * (weights.dim() - 1)))
         with torch.no_grad():  # rules that route relevance through autograd enable it
             relevance = engine.backward(plan, kept, start, call.score, call.options, stop)
         if stop is not None and has_attention(plan.graph):  # a block's tokens: a patch map

@@ -30,6 +30,8 @@ from .tokens import patch_grid
 class AttentionRollout(Explainer):
     """``attention-rollout`` and ``attention-rollout-grad`` on a ViT-like model."""
 
+    linear_targets = False  # the gradient variant differentiates a callable target as it is
+
     def __init__(self, model: nn.Module, method: str, **options):
         super().__init__(model, method, **options)
         graph, weights = self._attention(self.model)
@@ -83,7 +85,7 @@ class AttentionRollout(Explainer):
         rollout = eye.expand(n, tokens, tokens)
         if self.method == "attention-rollout-grad":
             with torch.enable_grad():
-                grads = torch.autograd.grad(call.score.sum(), attention)
+                grads = torch.autograd.grad(call.scores_of(call.logits).sum(), attention)
             for a, g in zip(attention, grads):
                 rollout = rollout + (g * a).clamp(min=0).mean(1) @ rollout
         else:

@@ -57,9 +57,11 @@ def is_max_pool(op) -> bool:
     return isinstance(fn, _MAX_POOLS) or fn in _MAX_FUNCTIONS
 
 
+@register_rule("resample", method="*", needs_output=True, dtypes=WITH_BFLOAT16)
 @register_rule("pool", method="*", needs_output=True, dtypes=WITH_BFLOAT16)
 def pool(op, relevance, run):
-    """z-rule for pooling: ``x * d(Z * R/Z)/dx`` (rap-spec §5). Average pooling shares the
+    """z-rule for pooling and resampling: ``x * d(Z * R/Z)/dx`` (rap-spec §5, §9.2). Average
+    pooling and resampling share the
     relevance in proportion to the inputs. Max pooling gives it to the winner, as the z-rule
     does wherever the maximum is not 0; where it is 0 (a window of zeros, which DenseNet's
     BatchNorm after the pooling can still hand relevance), the z-rule would drop it and the

@@ -183,8 +183,9 @@ LAYER_RULES = {"epsilon": epsilon_rule, "zplus": zplus_rule, "alpha2beta1": alph
                "gamma": gamma_rule, "flat": flat_rule, "zbox": zbox_rule}
 
 def pool(op, relevance, run):
-    """Max pooling: the relevance to the winner (the gradient); average pooling and means: in
-    proportion to the inputs, the denominator stabilised."""
+    """Max pooling: the relevance to the winner (the gradient); average pooling, means and
+    resampling: in proportion to the inputs, the denominator stabilised (Zennit has no rule of
+    its own for resampling; its gradient through it is this z-rule, unstabilised)."""
     if is_max_pool(op):
         return (input_vjp(op, run, lambda z: relevance)[1],)
     x, g = input_vjp(op, run, lambda z: relevance / stabilize(z, run.options["stabilizer"]))
@@ -202,4 +203,5 @@ for _method in COMPOSITES:
     register_rule("linear", layer, method=_method)
     register_rule("conv", layer, method=_method)
     register_rule("pool", pool, method=_method, needs_output=False)
+    register_rule("resample", pool, method=_method, needs_output=False)
     register_rule("add", add, method=_method, needs_output=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
-from ..graph import output_layers as find_output_layers
+from ..graph import after_output_layers, output_layers as find_output_layers
 from ..ir import Ref, resolve
 from ..ops import pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
@@ -45,6 +45,9 @@ def analyse(graph) -> dict:
     for op in graph.ops:
         if op.kind == "movement" and may_lose(op):
             notes[op.name] = {"may_lose": True}
+    for op in after_output_layers(graph):
+        if op.kind == "resample":
+            notes[op.name] = {"carry": True}
     for name in out if len(out) > 1 else ():
         notes[name]["heads"] = len(out)
     for name in graph.input_layers:
@@ -245,6 +248,26 @@ def stable_add(op, relevance, run):
     s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
     scaled = sdiv(relevance, z + eps * s * (a.abs() + b.abs()))
     return operand_shares(op, (a, b), lambda value: (value + eps * s * value.abs()) * scaled)
+
+
+@register_rule("resample", method="rap", needs_output=True, dtypes=WITH_BFLOAT16)
+def resample(op, relevance, run):
+    """§9.2: resampling is a linear map with non-negative weights, the z-rule with the pool's
+    flat share. Between the output layer and the output (a segmenter's upsampling of its class
+    map, §9.1) what arrives is the target's weighting ``d``, not relevance: it is carried back
+    by the map's transpose, ``d_in = Wᵀ d``, so that ``Σ d_in ⊙ x = Σ d ⊙ y`` (the z-rule would
+    divide by logits near 0)."""
+    if run.note(op).get("carry"):
+        return (input_vjp(op, run, lambda _: relevance)[1],)
+    return pool(op, relevance, run)
+
+
+@register_rule("resample", method="rap-stable", needs_output=True, dtypes=WITH_BFLOAT16)
+def stable_resample(op, relevance, run):
+    """As ``rap``'s resampling, with §7.5's stabilised z-rule for a signed input."""
+    if run.note(op).get("carry"):
+        return resample(op, relevance, run)
+    return stable_pool(op, relevance, run)
 
 
 @register_rule("pool", method="rap", needs_output=True, dtypes=WITH_BFLOAT16)
