@@ -224,12 +224,12 @@ def _grad_cam(f, x, extra, opts, layer):
         return LayerGradCam(f, layer).attribute(x, target=0, relu_attributions=True,
                                                 additional_forward_args=extra)
     path = opts["target_layer"]
-    tokens = last_token_layer(f.model)  # None: no attention, a CNN's (N, C, H, W) maps
+    tokens = last_token_layer(f.model, x)  # None: no attention, a CNN's (N, C, H, W) maps
     if path is None and tokens is not None:  # the token map, where it is one (not MaxViT's)
         found = _token_cam(f, x, extra, f.model.get_submodule(tokens), path or tokens)
         if found is not None:
             return found
-    path = path or last_convolution(f.model)
+    path = path or last_convolution(f.model, x)
     try:
         at = f.model.get_submodule(path)
     except AttributeError:
@@ -244,12 +244,12 @@ def _grad_cam(f, x, extra, opts, layer):
     return cam.expand_as(x) / x.shape[1]
 
 
-def last_token_layer(model: nn.Module) -> str | None:
+def last_token_layer(model: nn.Module, x: torch.Tensor | None = None) -> str | None:
     """On a transformer, the module whose output the last attention reads (the last block's
     first norm, as is usual for Grad-CAM on ViTs: later, only the class token's row still
     reaches the output); None on a model without attention or where relprop cannot trace it."""
     try:
-        graph = traced(model)
+        graph = traced(model, x)
     except (UnsupportedOperation, UntraceableModel):
         return None
     last = None
@@ -297,11 +297,11 @@ def _token_cam(f, x, extra, module: nn.Module, path: str):
     return cam.expand_as(x) / x.shape[1]
 
 
-def last_convolution(model: nn.Module) -> str:
+def last_convolution(model: nn.Module, x: torch.Tensor | None = None) -> str:
     """The module path of the last convolution in the model's traced graph; where relprop
     cannot trace the model, the last Conv2d module (Grad-CAM needs no relevance rules)."""
     try:
-        convs = [op.module_path for op in traced(model).ops
+        convs = [op.module_path for op in traced(model, x).ops
                  if op.kind == "conv" and op.module_path]
     except (UnsupportedOperation, UntraceableModel):
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]

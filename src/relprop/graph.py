@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .errors import UnsupportedOperation, UntraceableModel
 from .ir import Attr, Graph, ModuleCall, Op, Ref, ref_names
-from . import decompositions, ops as vocabulary
+from . import capture as exporter, decompositions, ops as vocabulary
 from .ops import (LAYER_KINDS, Normalised, UnsupportedCall, is_meta_call, is_tuple_call,
                   module_normaliser, mutates_receiver, normalise_call, piece)
 
@@ -111,21 +111,58 @@ def _defaults_after_input(model: nn.Module) -> dict | None:
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 _TRACE_LOCK = threading.Lock()
+_CAPTURES_PER_MODEL = 8  # input signatures whose captured graph is kept per model
 
 
-def traced(model: nn.Module) -> Graph:
-    """The traced graph of ``model``, one per model, shared by every method and thread: traced
-    again only where the module tree changed (a replaced head) or an op was registered since.
-    Held weakly: a model the caller drops is freed with its graph."""
+def traced(model: nn.Module, example: torch.Tensor | None = None) -> Graph:
+    """The graph of ``model``, one per model, shared by every method and thread: traced again
+    only where the module tree changed (a replaced head) or an op was registered since. Held
+    weakly: a model the caller drops is freed with its graph.
+
+    torch.fx traces the model once for every input. Where it cannot (a forward that branches on
+    sizes: every Hugging Face model), the model is captured with ``torch.export`` on
+    ``example`` (:mod:`relprop.capture`), a graph per input shape, dtype and device; without an
+    example fx's error is raised."""
     model = unwrap(model)
     with _TRACE_LOCK:
         entry = _TRACES.get(model)
         versions = (vocabulary.version(), decompositions.version())
-        if entry is not None and entry[1] == versions and entry[0].matches(model):
-            return entry[2]
-        graph = trace(model)
-        _TRACES[model] = (ModuleTree(model), versions, graph)
+        if entry is None or entry[1] != versions or not entry[0].matches(model):
+            try:
+                found = trace(model)
+            except UntraceableModel as e:
+                found = e
+            entry = (ModuleTree(model), versions, found, {})
+            _TRACES[model] = entry
+        found, captures = entry[2], entry[3]
+        if isinstance(found, Graph):
+            return found
+        if example is None:
+            raise found
+        key = (tuple(example.shape), example.dtype, example.device)
+        graph = captures.get(key)
+        if graph is None:
+            graph = capture(model, example)
+            if len(captures) >= _CAPTURES_PER_MODEL:
+                captures.pop(next(iter(captures)))
+            captures[key] = graph
         return graph
+
+
+def needs_example(model: nn.Module) -> bool:
+    """Whether relprop's graph of ``model`` is captured per input (torch.fx cannot trace it)."""
+    try:
+        traced(model)
+    except UntraceableModel:
+        return True
+    return False
+
+
+def capture(model: nn.Module, example: torch.Tensor) -> Graph:
+    """The graph of ``model`` on ``example``, captured with torch.export (see
+    :mod:`relprop.capture`)."""
+    fx_graph, constants = exporter.export(model, example)
+    return _normalise(fx_graph, model, constants=constants)
 
 
 class ModuleTree:
@@ -146,8 +183,9 @@ def _module_path(node: fx.Node) -> str | None:
     if node.op == "call_module":
         return str(node.target)
     stack = node.meta.get("nn_module_stack")
-    if stack:
-        path = list(stack)[-1]
+    if stack:  # {key: (path, type)}: fx keys by path, export by an id of its own
+        key, value = list(stack.items())[-1]
+        path = value[0] if isinstance(value, tuple) else key
         return str(path) if path else None
     return None
 
@@ -158,6 +196,8 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
     if node.op == "call_method":
         return f"method Tensor.{node.target}"
     t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"ATen op {t}"
     mod = getattr(t, "__module__", None) or "operator"
     name = getattr(t, "__name__", str(t))
     mod = {"torch._C._nn": "torch.nn.functional", "_operator": "operator",
@@ -165,14 +205,16 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
     return f"function {mod}.{name}"
 
 
-def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
-    """relprop's graph of a traced model; ``fixed``: the optional arguments traced at their
-    defaults."""
+def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=(), constants=None) -> Graph:
+    """relprop's graph of a traced or captured model; ``fixed``: the optional arguments traced
+    at their defaults; ``constants``: tensors a captured graph takes as placeholders, by name."""
+    constants = constants or {}
     ops: list[Op] = []
     status: dict[str, str] = {}  # node -> 'tensor' | 'meta' | 'constant' | 'pieces'
     pieces: dict[str, tuple] = {}  # a tuple call's node -> how to call it
     alias: dict[str, str] = {}  # receiver of an in-place op -> the op
-    placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in fx_graph.nodes if n.op == "placeholder"
+                    and n.name not in constants]
     if fixed:  # the optional arguments (fx makes a placeholder per leaf of a default): constant
         placeholders = placeholders[:1]
     if len(placeholders) != 1:
@@ -183,6 +225,8 @@ def _normalise(fx_graph: fx.Graph, root: nn.Module, fixed=()) -> Graph:
     def sub(a):
         """Replace fx nodes by Refs (get_attr nodes by the tensors they name)."""
         if isinstance(a, fx.Node):
+            if a.name in constants:
+                return constants[a.name]
             if a.op == "get_attr":
                 return _fetch_attr(root, a.target)
             return Ref(alias.get(a.name, a.name))

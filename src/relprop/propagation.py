@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from . import engine
-from .errors import ForwardError
+from .errors import ForwardError, UntraceableModel
 from .explainer import Call, Explainer, check_batch
-from .graph import traced
+from .graph import needs_example, traced
 from .ir import Attr
 from .registry import Option, register_method
 from .ops import pad_spec
@@ -32,10 +32,13 @@ class Propagation(Explainer):
 
     def __init__(self, model: nn.Module, method: str | None = None, **options):
         super().__init__(model, method, **options)
-        self._plan_of(self.model)
+        try:
+            self._plan_of(self.model)
+        except UntraceableModel:
+            pass  # torch.fx cannot trace it: captured on each input's shape (relprop.capture)
 
-    def _plan_of(self, model: nn.Module) -> engine.Plan:
-        return engine.plan(traced(model), self.method)
+    def _plan_of(self, model: nn.Module, x: torch.Tensor | None = None) -> engine.Plan:
+        return engine.plan(traced(model, x), self.method)
 
     @property
     def plan(self) -> engine.Plan:
@@ -48,6 +51,8 @@ class Propagation(Explainer):
         return self.plan.graph
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
+        if needs_example(self.model):
+            return  # checked on the first input, whose capture gives the graph
         super().check(dtype, layer)
         if dtype is not None:
             self.check_precision(dtype)
@@ -57,9 +62,9 @@ class Propagation(Explainer):
         node name."""
         return _node(self.graph, layer)
 
-    def check_precision(self, dtype: torch.dtype) -> None:
+    def check_precision(self, dtype: torch.dtype, x: torch.Tensor | None = None) -> None:
         """Raise a ValueError if this model has ops whose rule is not tested in ``dtype``."""
-        untested = self._plan_of(self.model).untested_in(dtype)
+        untested = self._plan_of(self.model, x).untested_in(dtype)
         if not untested:
             return
         kinds = sorted({op.kind for op in untested})
@@ -73,17 +78,19 @@ class Propagation(Explainer):
             "float32: model.float() and inputs.float(), or --dtype float32.")
 
     def _check_layer(self, model: nn.Module, layer: str) -> None:
-        _node(self._plan_of(model).graph, layer)
+        if not needs_example(model):  # else checked once the input's capture gives the graph
+            _node(self._plan_of(model).graph, layer)
 
     def _check_inputs(self, model: nn.Module, x) -> None:
-        graph = self._plan_of(model).graph
+        check_batch(model, x)  # what is wrong with any batch, before a capture runs on it
+        graph = self._plan_of(model, x).graph
         first = graph.op(graph.input_layers[0]) if graph.input_layers else None
         check_batch(model, x, rank=4 if first is not None and first.kind == "conv" else None,
                     channels=_expected_channels(graph, first))
-        self.check_precision(x.dtype)
+        self.check_precision(x.dtype, x)
 
     def _forward(self, model: nn.Module, x: torch.Tensor):
-        plan = self._plan_of(model)
+        plan = self._plan_of(model, x)
         try:
             kept = engine.forward(plan, x)
         except ForwardError as e:

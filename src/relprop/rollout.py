@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import engine
 from .errors import ForwardError, NotApplicable
 from .explainer import Call, Explainer
-from .graph import traced
+from .graph import needs_example, traced
 from .registry import register_method
 from .rules.common import weight_and_signal
 from .tokens import patch_grid
@@ -34,6 +34,8 @@ class AttentionRollout(Explainer):
 
     def __init__(self, model: nn.Module, method: str, **options):
         super().__init__(model, method, **options)
+        if needs_example(self.model):
+            return  # captured per input (relprop.capture): checked on the first one
         graph, weights = self._attention(self.model)
         shapes = _probe(self.model, graph, weights)
         if shapes is not None:
@@ -47,8 +49,8 @@ class AttentionRollout(Explainer):
                 f"(ViT, DeiT); this model attends within windows (attention of shapes "
                 f"{sorted({tuple(s) for s in shapes})}). Use rap-stable or lrp-attn.")
 
-    def _attention(self, model: nn.Module) -> tuple:
-        graph = traced(model)
+    def _attention(self, model: nn.Module, x: torch.Tensor | None = None) -> tuple:
+        graph = traced(model, x)
         weights = []
         for op in graph.ops:
             roles = op.kind == "matmul" and weight_and_signal(op)
@@ -61,7 +63,7 @@ class AttentionRollout(Explainer):
         return graph, weights
 
     def _forward(self, model: nn.Module, x: torch.Tensor):
-        graph, weights = self._attention(model)
+        graph, weights = self._attention(model, x)
         with torch.enable_grad():  # the gradient variant differentiates the score
             try:
                 kept = engine.values(graph, x.detach().requires_grad_(), set(weights))

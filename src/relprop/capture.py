@@ -1,0 +1,248 @@
+"""Capture what a model computes on a given input with ``torch.export`` (non-strict), for models
+torch.fx cannot trace: forwards that branch on sizes (every Hugging Face model, timm's own VGG
+head, ConViT, Twins, ...). The result is the same :class:`relprop.ir.Graph` as fx's, built by
+the same normalisation (:func:`relprop.graph.normalise`), from a small ATen vocabulary mapped
+here onto the functions :mod:`relprop.ops` already knows.
+
+Export runs the model's Python forward on fake tensors: the user's model is not changed and
+nothing of torch is patched. The captured graph is specialised to the input's shape, dtype and
+device, so it is kept per (model, shape, dtype, device) and captured again for another.
+Parameters and buffers are read from the live model at every forward pass (weak references),
+as on the fx path, so in-place edits are always seen.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops as vocabulary
+from .decompositions import _additive
+from .errors import UntraceableModel
+from .ops import Normalised, UnsupportedCall, _function
+
+aten = torch.ops.aten
+
+# --------------------------------------------------------------------------- the ATen vocabulary
+# An ATen overload whose arguments read as a function's that relprop knows: the same normaliser.
+SAME_AS = {
+    aten.conv2d.default: F.conv2d, aten.linear.default: F.linear,
+    aten.relu.default: torch.relu, aten.relu_.default: torch.relu,
+    aten.gelu.default: F.gelu, aten.silu.default: F.silu, aten.silu_.default: F.silu,
+    aten.hardswish.default: F.hardswish, aten.hardswish_.default: F.hardswish,
+    aten.hardsigmoid.default: F.hardsigmoid, aten.hardsigmoid_.default: F.hardsigmoid,
+    aten.sigmoid.default: torch.sigmoid, aten.tanh.default: torch.tanh,
+    aten.hardtanh.default: F.hardtanh, aten.hardtanh_.default: F.hardtanh,
+    aten.leaky_relu.default: F.leaky_relu, aten.elu.default: F.elu, aten.mish.default: F.mish,
+    aten.softplus.default: F.softplus, aten.relu6.default: F.relu6,
+    aten.softmax.int: F.softmax, aten.matmul.default: torch.matmul, aten.bmm.default: torch.bmm,
+    aten.einsum.default: torch.einsum,
+    aten.add.Tensor: torch.add, aten.add_.Tensor: torch.add, aten.mul.Tensor: torch.mul,
+    aten.mul_.Tensor: torch.mul, aten.sub.Tensor: torch.sub, aten.div.Tensor: torch.div,
+    aten.mean.dim: torch.mean, aten.amax.default: torch.amax,
+    aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
+    aten.avg_pool2d.default: F.avg_pool2d, aten.max_pool2d.default: F.max_pool2d,
+    aten.dropout.default: F.dropout, aten.pad.default: F.pad,
+    aten.cat.default: torch.cat, aten.flatten.using_ints: torch.flatten,
+    aten.reshape.default: torch.reshape, aten.transpose.int: torch.transpose,
+    aten.permute.default: torch.permute, aten.unsqueeze.default: torch.unsqueeze,
+    aten.squeeze.dim: torch.squeeze, aten.roll.default: torch.roll,
+    aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
+    aten.unbind.int: torch.unbind,
+    aten.view.default: "view", aten.expand.default: "expand", aten.contiguous.default: "contiguous",
+    aten.clone.default: "clone",
+}
+if hasattr(aten, "rms_norm"):
+    SAME_AS[aten.rms_norm.default] = F.rms_norm
+
+# ATen calls that only check or describe: they carry no value a rule needs.
+CHECKS = {aten._assert_tensor_metadata.default, aten.sym_size.int, aten.sym_numel.default,
+          aten.zeros_like.default, aten.ones_like.default, aten.empty_like.default,
+          aten.full_like.default, aten.new_zeros.default, aten.new_ones.default,
+          aten.new_empty.default, aten.new_full.default}
+_ASSERT_SCALAR = getattr(aten, "_assert_scalar", None)
+
+
+def _register_aten() -> None:
+    """Give each ATen overload the normaliser of the function it reads as, and the movement
+    and passthrough kinds to the ones with no such function."""
+    for overload, same in SAME_AS.items():
+        if isinstance(same, str):
+            vocabulary._FUNCTIONS[overload] = vocabulary._METHODS[same]
+        elif same in vocabulary._ARITHMETIC:
+            vocabulary._ARITHMETIC[overload] = vocabulary._ARITHMETIC[same]
+        elif same in (torch.chunk, torch.split, torch.unbind):
+            vocabulary._TUPLE_CALLS.add(overload)
+        else:
+            vocabulary._FUNCTIONS[overload] = vocabulary._FUNCTIONS[same]
+    for overload in (aten.select.int, aten.slice.Tensor, aten.alias.default, aten.t.default,
+                     aten._unsafe_view.default, aten.unflatten.int, aten.narrow.default,
+                     aten.squeeze.default, aten.movedim.int, aten.index_select.default):
+        _function(overload)(vocabulary._movement(overload))
+    _function(aten.to.dtype, aten.type_as.default, aten.lift_fresh_copy.default,
+              aten.detach.default)(lambda args, kwargs: Normalised(
+                  "passthrough", _cast, (args[0],), {"like": args[1] if len(args) > 1 else None,
+                                                     **kwargs}, "same"))
+    # The norms' trailing cudnn_enable flag is no argument of their functional form.
+    _function(aten.layer_norm.default)(_first(5, vocabulary._FUNCTIONS[F.layer_norm]))
+    _function(aten.group_norm.default)(_first(5, vocabulary._FUNCTIONS[F.group_norm]))
+    _function(aten.adaptive_avg_pool1d.default)(vocabulary._pool(F.adaptive_avg_pool1d))
+    _function(aten.batch_norm.default)(_batch_norm)
+    _function(aten.constant_pad_nd.default)(_constant_pad)
+    _function(aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.vec)(_upsample)
+
+
+def _first(n, normaliser):
+    return lambda args, kwargs: normaliser(tuple(args[:n]), kwargs)
+
+
+def _cast(x, like=None, dtype=None, **kwargs):
+    """``x.to(dtype)``/``x.type_as(other)``/a copy, as the forward pass needs it."""
+    if isinstance(like, torch.Tensor):
+        return x.to(like.dtype)
+    if isinstance(like, torch.dtype):
+        return x.to(like)
+    return x.to(dtype) if dtype is not None else x
+
+
+def _batch_norm(args, kwargs):
+    """``aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
+    eps, cudnn_enabled)`` as ``F.batch_norm``."""
+    x, weight, bias, mean, var, training, momentum, eps = (list(args) + [None] * 8)[:8]
+    return vocabulary._batchnorm((x, mean, var, weight, bias),
+                                 {"training": bool(training), "eps": eps})
+
+
+def _constant_pad(args, kwargs):
+    x, pad = args[0], args[1]
+    value = args[2] if len(args) > 2 else kwargs.get("value", 0)
+    return vocabulary._pad((x, list(pad)), {"value": value})
+
+
+def _upsample(args, kwargs):
+    """``upsample_bilinear2d.vec(input, output_size, align_corners, scale_factors)`` and
+    ``upsample_nearest2d.vec(input, output_size, scale_factors)`` as ``F.interpolate``."""
+    bilinear = len(args) == 4
+    size = args[1]
+    scale = args[3] if bilinear else (args[2] if len(args) > 2 else None)
+    return vocabulary._interpolate(
+        (args[0],), {"size": list(size) if size is not None else None,
+                     "scale_factor": None if size is not None else scale,
+                     "mode": "bilinear" if bilinear else "nearest",
+                     "align_corners": args[2] if bilinear else None})
+
+
+_register_aten()
+
+
+# --------------------------------------------------------------------------- capture
+
+_EXPORT_LOCK = threading.Lock()  # export's fake-tensor machinery is process-wide state
+
+
+def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
+    """``model`` exported on ``x``: an fx graph whose parameters and buffers are ``get_attr``
+    nodes naming the model's own (so that the normalisation reads the live tensors), and the
+    lifted constants by node name."""
+    from .graph import eval_mode
+    try:
+        with _EXPORT_LOCK, eval_mode(model), _quiet():
+            program = torch.export.export(model, (x,), strict=False)
+    except Exception as e:  # export raises many types; all mean the same to the user
+        raise UntraceableModel(
+            f"neither torch.fx nor torch.export could capture {type(model).__name__} on inputs "
+            f"of shape {tuple(x.shape)}: {type(e).__name__}: {_first_line(e)}. relprop needs a "
+            "forward that runs without data-dependent Python control flow on these inputs"
+        ) from e
+    graph = program.graph_module.graph  # the program's own copy: ours to rewrite
+    signature = program.graph_signature
+    named = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    lifted = dict(signature.inputs_to_lifted_tensor_constants)
+    constants = {}
+    for node in list(graph.nodes):
+        if node.op != "placeholder":
+            continue
+        if node.name in named:
+            with graph.inserting_before(node):
+                attr = graph.create_node("get_attr", named[node.name])
+            node.replace_all_uses_with(attr)
+            graph.erase_node(node)
+        elif node.name in lifted:
+            constants[node.name] = program.constants[lifted[node.name]]
+    _decompose_attention(graph)
+    _drop_checks(graph)
+    return graph, constants
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+class _quiet:
+    """Export logs warnings for every model that fx would have traced with a warning too."""
+
+    def __enter__(self):
+        import logging
+        self.logger = logging.getLogger("torch._export")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def _drop_checks(graph: fx.Graph) -> None:
+    for node in list(graph.nodes):
+        if node.op == "call_function" and (node.target in CHECKS or
+                                           node.target is _ASSERT_SCALAR) and not node.users:
+            graph.erase_node(node)
+
+
+def _decompose_attention(graph: fx.Graph) -> None:
+    """``scaled_dot_product_attention`` as its arithmetic (rap-spec §8.5): scores, an additive
+    mask, softmax, and the product with V, so that the rules see the softmax weights."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.scaled_dot_product_attention.default:
+            continue
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                 "enable_gqa")
+        given = {**dict(zip(names, node.args)), **node.kwargs}
+        q, k, v = given["query"], given["key"], given["value"]
+        if given.get("dropout_p", 0.0) not in (0, 0.0) or given.get("enable_gqa"):
+            raise UntraceableModel("scaled_dot_product_attention with dropout or enable_gqa "
+                                   "is not supported yet")
+        q_shape, k_shape = q.meta["val"].shape, k.meta["val"].shape
+        scale = given.get("scale") or q_shape[-1] ** -0.5
+        mask = given.get("attn_mask")
+        meta = {key: node.meta[key] for key in ("nn_module_stack", "stack_trace")
+                if key in node.meta}
+
+        def add(target, *args):
+            new = graph.call_function(target, args)
+            new.meta.update(meta)
+            return new
+
+        with graph.inserting_before(node):
+            scores = add(aten.matmul.default, add(aten.mul.Tensor, q, scale),
+                         add(aten.transpose.int, k, -2, -1))
+            if given.get("is_causal"):
+                causal = torch.ones(q_shape[-2], k_shape[-2], dtype=torch.bool).tril()
+                scores = add(aten.add.Tensor, scores, add(_additive_on, causal, scores))
+            if mask is not None:
+                scores = add(aten.add.Tensor, scores, add(_additive, mask, q.meta["val"].dtype))
+            weights = add(aten.softmax.int, scores, -1)
+            out = add(aten.matmul.default, weights, v)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+def _additive_on(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A boolean mask as an additive one in ``like``'s dtype and device (a size computation)."""
+    return _additive(mask.to(like.device), like.dtype)
+
+
+vocabulary._META_FUNCTIONS.add(_additive_on)
