@@ -217,8 +217,10 @@ def test_untraceable_model_gets_a_clear_error():
                 return self.fc(x)
             return -self.fc(x)
 
-    with pytest.raises(UntraceableModel, match="torch.fx could not trace Branchy"):
-        RAP(Branchy())
+    explainer = RAP(Branchy())  # fx cannot trace it: captured on the first input instead
+    with pytest.raises(UntraceableModel, match="neither torch.fx nor torch.export could "
+                                               "capture Branchy on inputs of shape \\(2, 4\\)"):
+        explainer.attribute(torch.randn(2, 4))
 
 
 def test_unknown_method(vgg):

@@ -76,8 +76,9 @@ def test_weights_file_and_bad_arguments(tmp_path, capsys):
     assert cli.main(["explain", "--model", "vgg16", "--weights", str(tmp_path / "nope.pth"),
                      "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(["explain", "--model", "alexnet", "--out", str(tmp_path)]) == 2
-    assert "unknown model 'alexnet'" in capsys.readouterr().err
+    assert cli.main(["explain", "--model", "alexnett", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'alexnett'; did you mean alexnet" in err and "relprop models" in err
     assert cli.main(["explain", "--device", "gpu7", "--out", str(tmp_path)]) == 2
     assert "is not a device" in capsys.readouterr().err
 

@@ -1,7 +1,7 @@
 """Capture what a model computes on a given input with ``torch.export`` (non-strict), for models
 torch.fx cannot trace: forwards that branch on sizes (every Hugging Face model, timm's own VGG
 head, ConViT, Twins, ...). The result is the same :class:`relprop.ir.Graph` as fx's, built by
-the same normalisation (:func:`relprop.graph.normalise`), from a small ATen vocabulary mapped
+the same normalisation (:mod:`relprop.graph`), from a small ATen vocabulary mapped
 here onto the functions :mod:`relprop.ops` already knows.
 
 Export runs the model's Python forward on fake tensors: the user's model is not changed and
@@ -12,6 +12,8 @@ as on the fx path, so in-place edits are always seen.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 
 import torch
@@ -19,10 +21,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops as vocabulary
-from .decompositions import _additive
+from .decompositions import additive_mask
 from .errors import UntraceableModel
-from .ops import Normalised, UnsupportedCall, _function
+from .ops import normaliser_of, register_alias, register_meta, register_normaliser, register_op
 
 aten = torch.ops.aten
 
@@ -70,56 +71,41 @@ def _register_aten() -> None:
     """Give each ATen overload the normaliser of the function it reads as, and the movement
     and passthrough kinds to the ones with no such function."""
     for overload, same in SAME_AS.items():
-        if isinstance(same, str):
-            vocabulary._FUNCTIONS[overload] = vocabulary._METHODS[same]
-        elif same in vocabulary._ARITHMETIC:
-            vocabulary._ARITHMETIC[overload] = vocabulary._ARITHMETIC[same]
-        elif same in (torch.chunk, torch.split, torch.unbind):
-            vocabulary._TUPLE_CALLS.add(overload)
-        else:
-            vocabulary._FUNCTIONS[overload] = vocabulary._FUNCTIONS[same]
+        register_alias(overload, same)
     for overload in (aten.select.int, aten.slice.Tensor, aten.alias.default, aten.t.default,
                      aten._unsafe_view.default, aten.unflatten.int, aten.narrow.default,
                      aten.squeeze.default, aten.movedim.int, aten.index_select.default):
-        _function(overload)(vocabulary._movement(overload))
-    _function(aten.to.dtype, aten.type_as.default, aten.lift_fresh_copy.default,
-              aten.detach.default)(lambda args, kwargs: Normalised(
-                  "passthrough", _cast, (args[0],), {"like": args[1] if len(args) > 1 else None,
-                                                     **kwargs}, "same"))
+        register_op(overload, "movement")
+    for overload in (aten.to.dtype, aten.type_as.default, aten.lift_fresh_copy.default,
+                     aten.detach.default):
+        register_op(overload, "passthrough", sign="same")
+    register_op(aten.adaptive_avg_pool1d.default, "pool")
     # The norms' trailing cudnn_enable flag is no argument of their functional form.
-    _function(aten.layer_norm.default)(_first(5, vocabulary._FUNCTIONS[F.layer_norm]))
-    _function(aten.group_norm.default)(_first(5, vocabulary._FUNCTIONS[F.group_norm]))
-    _function(aten.adaptive_avg_pool1d.default)(vocabulary._pool(F.adaptive_avg_pool1d))
-    _function(aten.batch_norm.default)(_batch_norm)
-    _function(aten.constant_pad_nd.default)(_constant_pad)
-    _function(aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.vec)(_upsample)
+    register_normaliser(aten.layer_norm.default, _first(5, normaliser_of(F.layer_norm)))
+    register_normaliser(aten.group_norm.default, _first(5, normaliser_of(F.group_norm)))
+    register_normaliser(aten.batch_norm.default, _batch_norm)
+    register_normaliser(aten.constant_pad_nd.default, _constant_pad)
+    for overload in (aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.vec):
+        register_normaliser(overload, _upsample)
+    register_meta(_additive_on)
 
 
 def _first(n, normaliser):
     return lambda args, kwargs: normaliser(tuple(args[:n]), kwargs)
 
 
-def _cast(x, like=None, dtype=None, **kwargs):
-    """``x.to(dtype)``/``x.type_as(other)``/a copy, as the forward pass needs it."""
-    if isinstance(like, torch.Tensor):
-        return x.to(like.dtype)
-    if isinstance(like, torch.dtype):
-        return x.to(like)
-    return x.to(dtype) if dtype is not None else x
-
-
 def _batch_norm(args, kwargs):
     """``aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
     eps, cudnn_enabled)`` as ``F.batch_norm``."""
     x, weight, bias, mean, var, training, momentum, eps = (list(args) + [None] * 8)[:8]
-    return vocabulary._batchnorm((x, mean, var, weight, bias),
-                                 {"training": bool(training), "eps": eps})
+    return normaliser_of(F.batch_norm)((x, mean, var, weight, bias),
+                                       {"training": bool(training), "eps": eps})
 
 
 def _constant_pad(args, kwargs):
     x, pad = args[0], args[1]
     value = args[2] if len(args) > 2 else kwargs.get("value", 0)
-    return vocabulary._pad((x, list(pad)), {"value": value})
+    return normaliser_of(F.pad)((x, list(pad)), {"value": value})
 
 
 def _upsample(args, kwargs):
@@ -128,14 +114,11 @@ def _upsample(args, kwargs):
     bilinear = len(args) == 4
     size = args[1]
     scale = args[3] if bilinear else (args[2] if len(args) > 2 else None)
-    return vocabulary._interpolate(
+    return normaliser_of(F.interpolate)(
         (args[0],), {"size": list(size) if size is not None else None,
                      "scale_factor": None if size is not None else scale,
                      "mode": "bilinear" if bilinear else "nearest",
                      "align_corners": args[2] if bilinear else None})
-
-
-_register_aten()
 
 
 # --------------------------------------------------------------------------- capture
@@ -144,12 +127,11 @@ _EXPORT_LOCK = threading.Lock()  # export's fake-tensor machinery is process-wid
 
 
 def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
-    """``model`` exported on ``x``: an fx graph whose parameters and buffers are ``get_attr``
+    """``model`` (in eval mode) exported on ``x``: an fx graph whose parameters and buffers are ``get_attr``
     nodes naming the model's own (so that the normalisation reads the live tensors), and the
     lifted constants by node name."""
-    from .graph import eval_mode
     try:
-        with _EXPORT_LOCK, eval_mode(model), _quiet():
+        with _EXPORT_LOCK, _quiet():
             program = torch.export.export(model, (x,), strict=False)
     except Exception as e:  # export raises many types; all mean the same to the user
         raise UntraceableModel(
@@ -183,16 +165,26 @@ def _first_line(e: Exception) -> str:
 
 
 class _quiet:
-    """Export logs warnings for every model that fx would have traced with a warning too."""
+    """Export logs its own warnings and prints the partial graph to stderr where it fails;
+    relprop's error says what failed in one line instead. (Logging handlers keep the stream
+    they were made with, so a server's log is not swallowed meanwhile.)"""
+
+    LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes",
+               "torch._subclasses.fake_tensor")
 
     def __enter__(self):
         import logging
-        self.logger = logging.getLogger("torch._export")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
+        self.saved = [(logging.getLogger(name), logging.getLogger(name).level)
+                      for name in self.LOGGERS]
+        for logger, _ in self.saved:
+            logger.setLevel(logging.CRITICAL)
+        self.stderr = contextlib.redirect_stderr(io.StringIO())
+        self.stderr.__enter__()
 
     def __exit__(self, *exc):
-        self.logger.setLevel(self.level)
+        self.stderr.__exit__(*exc)
+        for logger, level in self.saved:
+            logger.setLevel(level)
 
 
 def _drop_checks(graph: fx.Graph) -> None:
@@ -233,7 +225,7 @@ def _decompose_attention(graph: fx.Graph) -> None:
                 causal = torch.ones(q_shape[-2], k_shape[-2], dtype=torch.bool).tril()
                 scores = add(aten.add.Tensor, scores, add(_additive_on, causal, scores))
             if mask is not None:
-                scores = add(aten.add.Tensor, scores, add(_additive, mask, q.meta["val"].dtype))
+                scores = add(aten.add.Tensor, scores, add(additive_mask, mask, q.meta["val"].dtype))
             weights = add(aten.softmax.int, scores, -1)
             out = add(aten.matmul.default, weights, v)
         node.replace_all_uses_with(out)
@@ -242,7 +234,7 @@ def _decompose_attention(graph: fx.Graph) -> None:
 
 def _additive_on(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A boolean mask as an additive one in ``like``'s dtype and device (a size computation)."""
-    return _additive(mask.to(like.device), like.dtype)
+    return additive_mask(mask.to(like.device), like.dtype)
 
 
-vocabulary._META_FUNCTIONS.add(_additive_on)
+_register_aten()

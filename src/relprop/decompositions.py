@@ -112,13 +112,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _refuse("function torch.nn.functional.scaled_dot_product_attention",
                 "is_causal, enable_gqa or dropout_p other than 0")
     if attn_mask is not None:
-        attn_mask = record(query, _additive, attn_mask, query.dtype)
+        attn_mask = record(query, additive_mask, attn_mask, query.dtype)
     if scale is None:
         scale = query.size(-1) ** -0.5
     return attend(query, key, value, scale, attn_mask)[0]
 
 
-def _additive(mask, dtype):
+def additive_mask(mask, dtype):
     """A boolean mask (True: attend) as the additive mask it means; a float mask as it is."""
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(

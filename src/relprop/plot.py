@@ -89,6 +89,26 @@ def input_view(image: Image.Image, resize: int, crop: int,
     return TF.center_crop(TF.resize(image, resize, modes[resample]), crop)
 
 
+def outline(image: Image.Image, mask, color=(0, 255, 0)) -> Image.Image:
+    """``image`` with the boundary of ``mask`` (H, W, boolean, any size: resized to the
+    picture's) drawn in ``color``: the region a segmentation target explains."""
+    from skimage.segmentation import find_boundaries
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.size[::-1]:
+        mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.NEAREST))
+    picture = np.array(image.convert("RGB"))
+    picture[find_boundaries(mask, mode="thick")] = color
+    return Image.fromarray(picture)
+
+
+def model_view(spec, image: Image.Image) -> Image.Image:
+    """The image as the model of ``spec`` (a :class:`relprop.models.ModelSpec`) sees it: its
+    own view where it has one (a Hugging Face processor's), else resized and centre-cropped."""
+    if spec.view is not None:
+        return spec.view(image)
+    return input_view(image, spec.resize, spec.input_size)
+
+
 def grid(rows, methods, path, cell: float = 1.6) -> None:
     """A grid of heat maps saved to ``path``: one row per image (``rows`` holds
     ``(title, picture, {method: heat map})``), the picture first, then one column per method,

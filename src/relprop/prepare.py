@@ -111,6 +111,31 @@ def target(text: str | None, class_names) -> int | None:
                      f"exact class name of this model{hint}", "target")
 
 
+def region(text: str | None, kind: str, class_index: int | None, class_names, size: int):
+    """The target of a segmentation model: ``class_index`` (None: the class predicted at the
+    most pixels, leaving out a background class) over its predicted pixels, or over the box
+    ``text`` ('x0,y0,x1,y1' in pixels of the model's ``size`` x ``size`` input). A class index
+    as it is for a classifier, which takes no region."""
+    from .targets import ClassRegion
+    if kind != "segmentation":
+        if text is not None:
+            raise SetupError("a region needs a segmentation model (this one is a "
+                             "classifier); leave it out", "region")
+        return class_index
+    box = None
+    if text is not None:
+        try:
+            box = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or not (0 <= box[0] < box[2] <= size and 0 <= box[1] < box[3] <= size):
+            raise SetupError(f"'{text}' is not a box x0,y0,x1,y1 inside the model's {size}x{size} "
+                             "input (right and bottom exclusive)", "region")
+    background = tuple(i for i, name in enumerate(class_names)
+                       if name.strip("_").lower() in ("background", "bg"))
+    return ClassRegion(class_index, box, size=(size, size), ignore=background)
+
+
 @contextmanager
 def out_of_memory(doing: str, remedy: str):
     """Running out of memory (CUDA's error, or the CPU allocator's RuntimeError) becomes

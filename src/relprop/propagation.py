@@ -82,7 +82,8 @@ class Propagation(Explainer):
             _node(self._plan_of(model).graph, layer)
 
     def _check_inputs(self, model: nn.Module, x) -> None:
-        check_batch(model, x)  # what is wrong with any batch, before a capture runs on it
+        if needs_example(model):
+            check_batch(model, x)  # what is wrong with any batch, before a capture runs on it
         graph = self._plan_of(model, x).graph
         first = graph.op(graph.input_layers[0]) if graph.input_layers else None
         check_batch(model, x, rank=4 if first is not None and first.kind == "conv" else None,

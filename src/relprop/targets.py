@@ -64,46 +64,80 @@ class Resolved:
 
 class ClassRegion:
     """A class over a region of a spatial output (N, K, H, W): ``w = 1`` on the class's channel
-    inside the region. ``region``: None for the pixels predicted as that class (where the class
-    is nowhere predicted in an image, its whole map), a box ``(x0, y0, x1, y1)`` in output
-    pixels (right and bottom exclusive), or a boolean mask (H, W) or (N, H, W).
+    inside the region.
 
-    Also a callable ``f(y) -> (N,)``, so that Captum and the gradient family take it too."""
+    ``class_index``: the class; None for the class predicted at the most pixels of each image
+    (leaving out the classes in ``ignore``, such as a background class). ``region``: None for
+    the pixels predicted as that class (where the class is nowhere predicted in an image, its
+    whole map), a box ``(x0, y0, x1, y1)`` (right and bottom exclusive) in output pixels, or in
+    the pixels of an image of ``size`` (H, W) where given (the model's input: a box drawn on the
+    picture, for a model whose output is smaller), or a boolean mask (H, W) or (N, H, W).
 
-    def __init__(self, class_index: int, region=None):
-        if isinstance(class_index, bool) or not isinstance(class_index, int):
-            raise ValueError(f"ClassRegion takes a class index (int), got {class_index!r}")
-        self.class_index, self.region = class_index, region
+    Also a callable ``f(y) -> (N,)`` (or a number, on one image's (K, H, W) output), so that
+    Captum, pytorch-grad-cam and the gradient family take it too."""
+
+    def __init__(self, class_index: int | None, region=None, *, size=None, ignore=()):
+        if class_index is not None and (isinstance(class_index, bool) or
+                                        not isinstance(class_index, int)):
+            raise ValueError(f"ClassRegion takes a class index (int) or None, got "
+                             f"{class_index!r}")
+        self.class_index, self.region, self.size = class_index, region, size
+        self.ignore = tuple(ignore)
+
+    def classes(self, output: torch.Tensor) -> torch.Tensor:
+        """(N,) the explained class of each image."""
+        self._check(output)
+        n, k = output.shape[:2]
+        if self.class_index is not None:
+            if not 0 <= self.class_index < k:
+                raise ValueError(f"class {self.class_index} is out of range: the model has {k} "
+                                 f"classes (0..{k - 1})")
+            return torch.full((n,), self.class_index, dtype=torch.long, device=output.device)
+        predicted = output.argmax(1).flatten(1)
+        counts = torch.stack([(predicted == c).sum(1) for c in range(k)], 1)
+        if self.ignore and len(self.ignore) < k:
+            counts[:, list(self.ignore)] = -1
+        return counts.argmax(1)
 
     def weights(self, output: torch.Tensor) -> torch.Tensor:
+        single = output.dim() == 3
+        output = output.unsqueeze(0) if single else output
+        classes = self.classes(output)
+        mask = self.mask(output, classes)
+        weights = torch.zeros_like(output)
+        weights.scatter_(1, classes.view(-1, 1, 1, 1).expand(-1, 1, *output.shape[2:]),
+                         mask.unsqueeze(1).to(output.dtype))
+        return weights[0] if single else weights
+
+    def _check(self, output):
         if output.dim() != 4:
             raise ValueError(f"ClassRegion explains a class over a region of a spatial output "
                              f"(N, K, H, W); this model's output has shape "
                              f"{tuple(output.shape)}. Pass a class index instead")
-        n, k, h, w = output.shape
-        if not 0 <= self.class_index < k:
-            raise ValueError(f"class {self.class_index} is out of range: the model has {k} "
-                             f"classes (0..{k - 1})")
-        mask = self.mask(output)
-        weights = torch.zeros_like(output)
-        weights[:, self.class_index] = mask.to(output.dtype)
-        return weights
 
-    def mask(self, output: torch.Tensor) -> torch.Tensor:
+    def mask(self, output: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """(N, H, W) boolean: the region in each image."""
+        self._check(output)
         n, _, h, w = output.shape
         region = self.region
         if region is None:
-            mask = output.argmax(1) == self.class_index
+            classes = self.classes(output) if classes is None else classes
+            mask = output.argmax(1) == classes.view(-1, 1, 1)
             empty = ~mask.flatten(1).any(1)
             mask[empty] = True  # nowhere predicted: the class's whole map
             return mask
         if isinstance(region, (tuple, list)) and len(region) == 4 and \
                 all(isinstance(v, (int, float)) for v in region):
-            x0, y0, x1, y1 = (int(round(v)) for v in region)
-            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            x0, y0, x1, y1 = region
+            if self.size is not None:  # a box on the input picture, scaled to the output
+                x0, x1 = x0 * w / self.size[1], x1 * w / self.size[1]
+                y0, y1 = y0 * h / self.size[0], y1 * h / self.size[0]
+            x0, y0 = int(x0), int(y0)
+            x1, y1 = max(x0 + 1, int(-(-x1 // 1))), max(y0 + 1, int(-(-y1 // 1)))
+            width, height = (self.size[1], self.size[0]) if self.size is not None else (w, h)
+            if not (0 <= region[0] < region[2] <= width and 0 <= region[1] < region[3] <= height):
                 raise ValueError(f"the region {tuple(region)} is not a box (x0, y0, x1, y1) inside "
-                                 f"the output's {w}x{h} pixels")
+                                 f"the {width}x{height} pixels it is given in")
             mask = torch.zeros(n, h, w, dtype=torch.bool, device=output.device)
             mask[:, y0:y1, x0:x1] = True
             return mask
@@ -116,7 +150,8 @@ class ClassRegion:
         return mask.expand(n, h, w)
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return (self.weights(output) * output).flatten(1).sum(1)
+        weighted = self.weights(output) * output
+        return weighted.sum() if output.dim() == 3 else weighted.flatten(1).sum(1)
 
     def __repr__(self):
         return f"ClassRegion({self.class_index}, region={self.region!r})"
@@ -130,7 +165,7 @@ def resolve(target: Target, output: torch.Tensor, *, linear: bool = True) -> Res
     unknown = torch.full((n,), -1, dtype=torch.long, device=output.device)
     if hasattr(target, "weights") and callable(target.weights):
         weights = target.weights(output).to(output.dtype)
-        classes = torch.full_like(unknown, getattr(target, "class_index", -1))
+        classes = target.classes(output) if hasattr(target, "classes") else unknown
         return _weighted(weights, output, classes)
     if _callables(target):
         return _per_image(list(target), output, unknown)
@@ -202,10 +237,18 @@ def _per_image(fns, output, unknown) -> Resolved:
         values.append(value.reshape(()))
         weights.append(grad)
     resolved = _weighted(torch.stack(weights), output,
-                         torch.tensor([getattr(f, "category", -1) for f in fns],
+                         torch.tensor([_class_of(f, output[i]) for i, f in enumerate(fns)],
                                       device=output.device))
     _check_linear(torch.stack(values).to(output.dtype), resolved.score, "per-image callables")
     return resolved
+
+
+def _class_of(f, output) -> int:
+    """The class a per-image target names: grad-cam's ``category``, a ClassRegion's class."""
+    if hasattr(f, "classes"):
+        return int(f.classes(output.unsqueeze(0))[0])
+    category = getattr(f, "category", -1)
+    return category if isinstance(category, int) else -1
 
 
 def _batch_callable(f, output, unknown, linear) -> Resolved:

@@ -45,7 +45,9 @@ def phrased():
 def model_options(p, device_help="") -> None:
     """The options of every command that loads a model."""
     p.add_argument("--model", default=None,
-                   help=f"one of {', '.join(models.names())}, or timm:NAME for a model of timm "
+                   help="any torchvision classification or segmentation builder (relprop models "
+                        "lists them), efficientnet_lite0, timm:NAME for a model of timm, or "
+                        "hf:NAME_OR_PATH for a Hugging Face image classifier or segmenter "
                         f"(default: {models.DEFAULT}, or {models.FALLBACK} when its weights "
                         "cannot be had)")
     p.add_argument("--weights", default=None, help="a checkpoint file for the model")
@@ -61,7 +63,12 @@ def image_options(p) -> None:
                         "images scaled to 8 bits, transparent pixels on a white background")
     model_options(p)
     p.add_argument("--target", default=None,
-                   help="class to explain: an index or an exact class name (default: predicted)")
+                   help="class to explain: an index or an exact class name (default: predicted; "
+                        "on a segmentation model the class predicted at the most pixels, "
+                        "background left out)")
+    p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
+                   help="segmentation models: explain the class over this box of the model's "
+                        "input (pixels; default: the pixels predicted as the class)")
     p.add_argument("--batch-size", type=int, default=8)
 
 
@@ -157,8 +164,7 @@ def _prepared(items, preprocess, spec, skipped, progress):
     for item in items:
         try:
             img = item.read()
-            yield Prepared(item, preprocess(img), plot.input_view(img, spec.resize,
-                                                                  spec.input_size))
+            yield Prepared(item, preprocess(img), plot.model_view(spec, img))
         except Exception as e:  # whatever goes wrong with one image skips that image only
             reason = str(e) if isinstance(e, UnreadableImage) else f"{type(e).__name__}: {e}"
             reason = one_line(reason)
@@ -181,7 +187,7 @@ class Job:
     spec: models.ModelSpec
     preprocess: Callable
     class_names: list
-    target: int | None
+    target: object  # a class index, None (predicted) or a ClassRegion (segmentation)
     device: torch.device
     dtype: torch.dtype
     out: Path
@@ -203,7 +209,10 @@ def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
     out = check_out(args.out)
     loaded = load_model(args)
     with phrased():
-        target = prepare.target(args.target, loaded.class_names)
+        spec = models.spec(loaded.name)
+        target = prepare.region(getattr(args, "region", None), spec.kind,
+                                prepare.target(args.target, loaded.class_names),
+                                loaded.class_names, spec.input_size)
         with prepare.out_of_memory(f"moving {loaded.name} to {device}", "use --device cpu"):
             model = loaded.model.to(device, dtype)
     explainers = explainers_for(model, chosen, dtype, layer)

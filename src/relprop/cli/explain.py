@@ -72,7 +72,9 @@ def run(args) -> int:
     try:
         for batch, x in work.batches(args.batch_size, skipped, progress):
             e = explain_batch(explain, x, target)
-            rows.extend(write_images(out, item, e, i, class_names)
+            regions = target.mask(e.logits, e.target) if hasattr(target, "mask") else None
+            rows.extend(write_images(out, item, e, i, class_names,
+                                     None if regions is None else regions[i])
                         for i, item in enumerate(batch))
             progress.update(len(batch))
     finally:  # also after a failure: the summary lists what this run wrote, for the next one
@@ -97,8 +99,10 @@ def clear_previous_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def write_images(out, item, e, i, class_names) -> Row:
-    """The heat map and overlay PNGs of image ``i`` of the explanation ``e``, and its row."""
+def write_images(out, item, e, i, class_names, region=None) -> Row:
+    """The heat map and overlay PNGs of image ``i`` of the explanation ``e``, and its row; on a
+    segmentation model the overlay outlines the explained ``region`` (the class's predicted
+    pixels or the box) in green."""
     heat = e.heatmap[i]
     if tuple(heat.shape) != item.view.size[::-1]:  # a layer's map, shown at the picture's size
         heat = torch.nn.functional.interpolate(heat[None, None].float(), size=item.view.size[::-1],
@@ -106,10 +110,13 @@ def write_images(out, item, e, i, class_names) -> Row:
     heat_path, overlay_path = (out / f"{item.source.name}{suffix}" for suffix in OUTPUT_SUFFIXES)
     with writing(heat_path):
         plot.heatmap_image(heat).save(heat_path)
+    overlay = plot.overlay_image(item.view, heat)
+    if region is not None:
+        overlay = plot.outline(overlay, region.cpu().numpy())
     with writing(overlay_path):
-        plot.overlay_image(item.view, heat).save(overlay_path)
+        overlay.save(overlay_path)
     probs = e.probabilities[i]
-    pred = int(probs.argmax())
+    pred = int(probs.argmax()) if region is None else int(e.logits[i].argmax(0).flatten().mode()[0])
     r = e.relevance[i]
     return Row(item.source.name, item.source.file, class_names[pred], float(probs[pred]),
                class_names[int(e.target[i])], int(e.target[i]), float(e.score[i]),

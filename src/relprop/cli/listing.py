@@ -16,7 +16,12 @@ def add_parsers(sub) -> None:
 
 def list_models(args) -> int:
     for name in models.names():
-        print(f"{name:20s} {models.spec(name).description}")
+        spec = models.spec(name)
+        kind = "" if spec.kind == "classification" else f" [{spec.kind}]"
+        print(f"{name:30s} {spec.description}{kind}")
+    print(f"{'timm:NAME':30s} a model of timm, its weights from the Hugging Face cache")
+    print(f"{'hf:NAME_OR_PATH':30s} a Hugging Face image classifier or segmenter with its "
+          "image processor, from the HF cache or a save_pretrained folder")
     return 0
 
 

@@ -156,7 +156,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         except Exception as e:  # the model's preprocessing on a picture Pillow could read
             raise Refused(f"the image could not be prepared for {model_name}: "
                           f"{type(e).__name__}: {e}") from None
-        view = plot.input_view(picture, spec.resize, spec.input_size)
+        view = plot.model_view(spec, picture)
         try:
             exclusive = api.explainer(model, method).exclusive(layer)
             with lock.held(exclusive), prepare.out_of_memory(
