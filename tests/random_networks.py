@@ -63,6 +63,39 @@ class Residual(nn.Module):
         return F.relu(y) if self.relu_after else y
 
 
+class Difference(nn.Module):
+    """``x - body(x)`` (rap-spec §9.3: the sum of x and -body(x))."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x - self.body(x)
+
+
+class StackSum(nn.Module):
+    """``stack([x, unit(x)]).sum(0)``: a sum written as a reduction."""
+
+    def __init__(self, unit):
+        super().__init__()
+        self.unit = unit
+
+    def forward(self, x):
+        return torch.stack([x, self.unit(x)]).sum(0)
+
+
+class Resample(nn.Module):
+    """Up by 2 (nearest or bilinear), then an average pool back down (a segmenter's decoder)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x):
+        return F.avg_pool2d(F.interpolate(x, scale_factor=2, mode=self.mode), 2)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -117,7 +150,8 @@ def _draw(seed: int, size: int) -> tuple[nn.Module, torch.Tensor, str]:
     stem = ConvUnit(3, c, "relu" if "relu" in recipe[0] else "none", rng.random() < 0.5)
     blocks, h = [], size
     for _ in range(rng.randint(2, 5)):
-        kind = rng.choice(["conv", "pool", "residual", "residual-ln", "se", "cat"])
+        kind = rng.choice(["conv", "pool", "residual", "residual-ln", "se", "cat", "difference",
+                           "stack-sum", "resample"])
         act = rng.choice(list(ACTIVATIONS))
         if kind == "pool" and h >= 4:
             pool = rng.choice([nn.AvgPool2d(2), nn.MaxPool2d(2), nn.AvgPool2d(3, 1, 1)])
@@ -138,6 +172,16 @@ def _draw(seed: int, size: int) -> tuple[nn.Module, torch.Tensor, str]:
             body = nn.Sequential(ChannelsLastNorm(c), nn.Conv2d(c, c, 1), nn.GELU())
             blocks.append(Residual(body, False))
             recipe.append("residual(layernorm-conv1x1-gelu)")
+        elif kind == "difference":
+            blocks.append(Difference(ConvUnit(c, c, act, rng.random() < 0.5, kernel=1)))
+            recipe.append(f"difference(x - conv1x1 {act})")
+        elif kind == "stack-sum":
+            blocks.append(StackSum(ConvUnit(c, c, act, rng.random() < 0.5)))
+            recipe.append(f"stack-sum(x, conv {act})")
+        elif kind == "resample":
+            mode = rng.choice(["nearest", "bilinear"])
+            blocks.append(Resample(mode))
+            recipe.append(f"resample({mode} x2, avgpool 2)")
         elif kind == "se":
             blocks.append(SqueezeExcite(c))
             recipe.append("squeeze-excite")

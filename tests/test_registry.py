@@ -48,6 +48,25 @@ def test_deeplift_at_a_layer_works_on_resnet():
     assert e.relevance.abs().sum() > 0
 
 
+@pytest.mark.parametrize("method", ["deeplift", "gradient-x-input", "rap-stable",
+                                    "integrated-gradients"])
+def test_a_container_layer_works_for_every_family(method):
+    """``layer2`` (a stage of blocks) by module path: its output's relevance, for the copy that
+    DeepLift runs too (the copy calls the container whole); DeepLift's layer attribution is
+    complete, so it sums to the score's difference from the baseline's."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    e = relprop.explain(model, x, method=method, layer="layer2")
+    assert e.relevance.shape == (2, 128, 8, 8) and torch.isfinite(e.relevance).all()
+    assert e.relevance.abs().sum() > 0
+    if method == "deeplift":
+        with torch.no_grad():
+            baseline = model(torch.zeros_like(x))[torch.arange(2), e.target]
+        total = e.relevance.flatten(1).sum(1)
+        assert torch.allclose(total, e.score - baseline, rtol=1e-3, atol=1e-4)
+
+
 def test_grad_cam_layer_can_be_chosen_and_the_model_is_traced_once():
     from captum.attr import LayerAttribution, LayerGradCam
     model, x = _vgg(), torch.randn(2, 3, 32, 32)

@@ -466,3 +466,51 @@ def test_average_pool_matches_the_stabilised_matrix_form(epsilon, pool):
             expected += w[i] * rv[i] / w[i].sum()
     assert torch.allclose(out.flatten(), expected, rtol=1e-12, atol=1e-14)
     assert torch.isclose(out.sum(), relevance.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("epsilon", [None, 0.01])
+def test_a_sum_of_zeros_shares_its_relevance_equally(epsilon):
+    """Where both operands of a sum are 0 (two ReLU zeros) but relevance arrives, each gets half
+    (§7.3's flat share); elsewhere the z-rule (§5) or its stabilised form (§7.5)."""
+    op = make_op("add", torch.add, (Ref("a"), Ref("b")), inputs=("a", "b"))
+    a, b = t(0, 1, 0, 2), t(0, 3, 0, -1)
+    env = {"a": a, "b": b, "y": a + b}
+    r = t(4, 8, -6, 2)
+    run = run_with(env)
+    if epsilon is None:
+        ra, rb = common.add(op, r, run)
+        expected_a, expected_b = t(2, 2, -3, 4), t(2, 6, -3, -2)
+    else:
+        run.options = {"epsilon": epsilon}
+        ra, rb = rap.stable_add(op, r, run)
+        z, s = a + b, torch.where(a + b >= 0, 1.0, -1.0).to(D)
+        den = z + epsilon * s * (a.abs() + b.abs())
+        share = lambda v: torch.where(den == 0, r / 2, r * (v + epsilon * s * v.abs()) / den)  # noqa: E731
+        expected_a, expected_b = share(a), share(b)
+    assert torch.allclose(ra, expected_a) and torch.allclose(rb, expected_b)
+    assert torch.allclose(ra + rb, r)
+
+
+def test_a_difference_of_two_signals_is_a_sum_with_the_negation():
+    """rap-spec §9.3: ``a - b`` becomes ``a + (-b)`` in the graph; the sum's z-rule then gives
+    ``b`` the share of ``-b``, and together they conserve."""
+    import torch.nn as nn
+
+    class Difference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc((torch.relu(self.a(x)) - torch.relu(self.b(x))).flatten(1))
+
+    import relprop
+    torch.manual_seed(0)
+    model = Difference().double().eval()
+    graph = relprop.RAP(model).graph
+    kinds = {op.name: op.kind for op in graph.ops}
+    assert kinds["sub"] == "add" and kinds["sub_negated"] == "passthrough"
+    assert graph.op("sub_negated").fn is torch.neg
+    x = torch.randn(2, 3, 4, 4, dtype=D)
+    e = relprop.explain(model, x, method="rap")
+    assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, rtol=1e-10)

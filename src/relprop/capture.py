@@ -54,7 +54,11 @@ SAME_AS = {
     aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
     aten.unbind.int: torch.unbind,
     aten.view.default: "view", aten.expand.default: "expand", aten.contiguous.default: "contiguous",
-    aten.clone.default: "clone",
+    aten.clone.default: "clone", aten.neg.default: torch.neg, aten.pow.Tensor_Scalar: torch.pow,
+    aten.sum.dim_IntList: torch.sum, aten.stack.default: torch.stack,
+    aten.repeat.default: "repeat", aten.repeat_interleave.self_int: torch.repeat_interleave,
+    aten.unfold.default: "unfold", aten.avg_pool1d.default: F.avg_pool1d,
+    aten.max_pool1d.default: F.max_pool1d,
 }
 if hasattr(aten, "rms_norm"):
     SAME_AS[aten.rms_norm.default] = F.rms_norm
@@ -79,6 +83,8 @@ def _register_aten() -> None:
     for overload in (aten.to.dtype, aten.type_as.default, aten.lift_fresh_copy.default,
                      aten.detach.default):
         register_op(overload, "passthrough", sign="same")
+    register_op(aten.rsub.Scalar, "passthrough")  # c - x, the tensor first
+    register_op(aten.im2col.default, "movement")
     register_op(aten.adaptive_avg_pool1d.default, "pool")
     # The norms' trailing cudnn_enable flag is no argument of their functional form.
     register_normaliser(aten.layer_norm.default, _first(5, normaliser_of(F.layer_norm)))

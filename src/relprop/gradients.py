@@ -44,7 +44,7 @@ class Recipe:
     exclusive: bool = False
     handles: tuple = ()
     falls_back_to: str | None = None
-    wrap: Callable[[nn.Module], nn.Module] = lambda model: model
+    wrap: Callable[[nn.Module, str | None], nn.Module] = lambda model, layer: model
     hint: tuple[str, str] | None = None  # (words of Captum's error, what they mean here)
 
 
@@ -87,7 +87,7 @@ class CaptumExplainer(Explainer):
                 f"activations the map is {self.recipe.falls_back_to}'s")
 
     def _attribute(self, call: Call) -> torch.Tensor:
-        f = Scored(self.recipe.wrap(call.model), call.function)
+        f = Scored(self.recipe.wrap(call.model, call.layer), call.function)
         extra = None if call.function is not None else (call.weights,)
         layer = None if call.layer is None else _submodule(f.model, call.model, call.layer,
                                                              self.method)
@@ -125,15 +125,10 @@ class Scored(nn.Module):
 
 
 def _submodule(runs: nn.Module, model: nn.Module, layer: str, method: str) -> nn.Module:
-    """``layer`` in the module Captum runs (``runs``). Where that is a torch.fx copy of the
-    user's ``model`` (DeepLift), a container the copy does not call as a whole is refused in
-    words: Captum's hook on it would never fire."""
-    module = runs.get_submodule(layer)
-    if module is not model.get_submodule(layer):
-        raise ValueError(f"{method}: layer '{layer}' is a container that relprop's copy of the "
-                         "model does not call as a whole; pass a module it calls, such as a "
-                         "convolution or an activation")
-    return module
+    """``layer`` in the module Captum runs (``runs``): the user's module, or where that is a
+    torch.fx copy of the model (DeepLift), the copy's module at that path, which the copy calls
+    whole (see :func:`one_relu_per_call`)."""
+    return runs.get_submodule(layer)
 
 
 def _gradient(f, x, extra, opts, layer):
@@ -189,14 +184,20 @@ def _deeplift(f, x, extra, opts, layer):
                             additional_forward_args=extra)
 
 
-def one_relu_per_call(model: nn.Module) -> nn.Module:
+def one_relu_per_call(model: nn.Module, layer: str | None = None) -> nn.Module:
     """The model as a torch.fx GraphModule in which every call of a ReLU module has a ReLU module
     of its own: Captum's DeepLift keeps state per module, so a ReLU module called several times
     (torchvision's ResNet blocks) breaks it. The GraphModule shares the model's submodules and
-    weights; nothing is copied and the model is not changed. A model fx cannot trace is
-    returned as it is."""
+    weights; nothing is copied and the model is not changed. ``layer`` (a module path, a
+    container such as ``layer2`` too) is called whole in the copy, as a copy of its own with one
+    ReLU per call, so that Captum's hook on it fires. A model fx cannot trace is returned as it
+    is."""
+    class KeepLayer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname == layer or super().is_leaf_module(m, qualname)
+
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, KeepLayer().trace(model))
     except Exception:  # torch.fx raises many types; Captum will say what fails
         return model
     seen = set()
@@ -209,6 +210,10 @@ def one_relu_per_call(model: nn.Module) -> nn.Module:
             node.target = name
         seen.add(node.target)
     gm.recompile()
+    kept = model.get_submodule(layer) if layer else None
+    if kept is not None and any(True for _ in kept.children()):  # a container: its own copy
+        parent, _, name = layer.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, one_relu_per_call(kept))
     return gm
 
 

@@ -369,24 +369,32 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
                        ("meta", "constant")]
             if op.fn is torch.add and len(tensors) == 2:
                 op.kind, op.sign = "add", "same"
+            elif op.fn is torch.sub and len(tensors) == 2:
+                # rap-spec §9.3: a - b is the sum a + (-b); -b passes relevance unchanged.
+                negated = Op(f"{op.name}_negated", "passthrough", torch.neg, (op.args[1],), {},
+                             (op.args[1].name,), f"the negation of {op.source}'s second operand",
+                             op.module_path, sign="any")
+                resolved.append(negated)
+                status[negated.name] = negated.kind
+                op.kind, op.sign, op.fn = "add", "any", torch.add
+                op.args = (op.args[0], Ref(negated.name))
+                op.inputs = tuple(dict.fromkeys((op.args[0].name, negated.name)))
             elif op.fn is torch.mul and len(tensors) == 2:
                 op.kind, op.sign = "product", "any"
                 op.inputs = tuple(dict.fromkeys(t.name for t in tensors))
             elif len(tensors) == 1:
-                # Tensor (+-*/) constant: an elementwise transform; move the tensor first.
+                # Tensor (+-*/**) constant: an elementwise transform; move the tensor first.
                 op.kind, op.sign = "passthrough", "any"
                 if op.args[0] != tensors[0]:
-                    if op.fn in (torch.sub, torch.div):
-                        raise UnsupportedOperation(
-                            f"function {op.fn.__name__} (constant first)", op.name,
-                            op.module_path, reason="a constant minus or over a tensor")
+                    if op.fn in (torch.sub, torch.div, torch.pow):
+                        op.fn = vocabulary.reversed_operands(op.fn)
                     op.args = (op.args[1], op.args[0])
                 op.inputs = (tensors[0].name,)
             else:
                 raise UnsupportedOperation(
                     f"function torch.{op.fn.__name__} of two tensors", op.name, op.module_path,
-                    reason="relprop has rules for the sum and the product of two tensors, "
-                           "not for differences or quotients of them")
+                    reason="relprop has rules for the sum, the difference and the product of two "
+                           "tensors, not for quotients or powers of them")
         elif op.kind == "matmul":
             tensors = [a for a in op.args if isinstance(a, Ref) and status.get(a.name) not in
                        ("meta", "constant")]

@@ -397,9 +397,10 @@ def _pool(fn):
 
 
 for _f in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-           torch.max_pool2d, torch.mean, torch.amax):
+           torch.max_pool2d, torch.mean, torch.amax, torch.sum, F.avg_pool1d, F.max_pool1d,
+           F.adaptive_avg_pool1d):
     _function(_f)(_pool(_f))
-for _name in ("mean", "amax"):
+for _name in ("mean", "amax", "sum"):  # a sum over dims: a linear map of weight 1 (rap-spec §9.3)
     _function(_name)(_pool(getattr(torch.Tensor, _name)))
 
 
@@ -430,7 +431,8 @@ def _upsample_module(m, args, kwargs):
                                      "mode": m.mode, "align_corners": m.align_corners})
 
 
-@_module(nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d)
+@_module(nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad2d, nn.Unfold, nn.ZeroPad1d,
+         nn.ConstantPad1d)
 def _movement_module(m, args, kwargs):
     return Normalised("movement", m, (args[0],), {}, "same" if _zero_pad(m) else "any")
 
@@ -443,13 +445,17 @@ def _movement(fn):
     return lambda args, kwargs: Normalised("movement", fn, tuple(args), dict(kwargs), "same")
 
 
+# Copies move relevance too: what reaches the copies of an entry is summed back on it
+# (stack, repeat, repeat_interleave, unfold's patches; rap-spec §8.4, §9.2).
 for _f in (torch.flatten, torch.reshape, torch.cat, torch.concat, torch.squeeze, torch.unsqueeze,
            torch.permute, torch.transpose, operator.getitem, torch.roll, torch.movedim,
-           torch.unflatten, torch.channel_shuffle, torch.narrow, torch.swapaxes):
+           torch.unflatten, torch.channel_shuffle, torch.narrow, torch.swapaxes, torch.stack,
+           torch.repeat_interleave, torch.tile, F.unfold, torch.select, torch.index_select):
     _function(_f)(_movement(_f))
 for _name in ("view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
               "__getitem__", "expand_as", "expand", "roll", "movedim", "unflatten", "narrow",
-              "swapaxes", "view_as", "reshape_as"):
+              "swapaxes", "view_as", "reshape_as", "repeat", "repeat_interleave", "tile",
+              "select", "index_select", "unfold"):
     _function(_name)(_movement(getattr(torch.Tensor, _name)))
 _module(nn.ChannelShuffle)(lambda m, a, k: Normalised("movement", m, (a[0],), {}, "same"))
 _PADDING_MOVES: set = set()  # movement functions that pad (see pads())
@@ -506,6 +512,34 @@ for _k in list(_ARITHMETIC):
         _ARITHMETIC[_k + "_"] = _ARITHMETIC[_k]
 _ARITHMETIC[operator.iadd] = torch.add
 _ARITHMETIC[operator.imul] = torch.mul
+_ARITHMETIC[operator.isub] = torch.sub
+for _k in (operator.pow, torch.pow, "pow", "pow_"):
+    _ARITHMETIC[_k] = torch.pow
+
+# rap-spec §9.3: -x passes relevance unchanged; so does a constant minus, over or to the power of
+# a tensor (an elementwise transform), written with the tensor first.
+_function(operator.neg, torch.neg, "neg", "__neg__")(_elementwise(torch.neg, "any"))
+
+
+def reversed_operands(fn):
+    """``fn(x, c)`` computed as ``fn(c, x)``, for ``c - x``, ``c / x`` and ``c ** x`` with the
+    tensor first (where relprop's elementwise ops keep it)."""
+    return _REVERSED[fn]
+
+
+def _rsub(x, c):
+    return c - x
+
+
+def _rdiv(x, c):
+    return c / x
+
+
+def _rpow(x, c):
+    return c ** x
+
+
+_REVERSED = {torch.sub: _rsub, torch.div: _rdiv, torch.pow: _rpow}
 
 # Functions and methods that only look at shapes or sizes.
 _META_FUNCTIONS = {getattr, len, torch.Tensor.size, torch.Tensor.dim}

@@ -91,8 +91,21 @@ def add(op, relevance, run):
     Float32 and float64 only: where a residual sum is near zero its operands are large and
     opposite, and bfloat16's rounding of them decides the shares (ResNet-18's heat maps in
     bfloat16 correlate 0.08-0.83 with float32's)."""
-    s = sdiv(relevance, run.output(op))
-    return operand_shares(op, run.args(op), lambda value: value * s)
+    z = run.output(op)
+    s = sdiv(relevance, z)
+    return flat_where_zero(op, run.args(op), relevance, z, lambda value: value * s)
+
+
+def flat_where_zero(op, operands, relevance, denominator, share_of):
+    """The z-rule's shares ``share_of(x_i)`` of a sum, and where its ``denominator`` is 0 but
+    relevance arrives (both operands 0: two ReLU zeros, which a LayerNorm behind the sum can
+    still hand relevance), an equal share to each operand (§7.3's flat rule), so that the sum
+    conserves: the z-rule would drop it there."""
+    lost = relevance * (denominator == 0)
+    if not lost.any():
+        return operand_shares(op, operands, share_of)
+    flat = lost / len(operands)
+    return operand_shares(op, operands, lambda value: share_of(value) + flat)
 
 
 def operand_shares(op, operands, share_of):

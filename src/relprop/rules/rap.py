@@ -16,7 +16,7 @@ from ..ir import Ref, resolve
 from ..ops import pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, input_vjp, is_max_pool, matmul as common_matmul
-from .common import movement as route, operand_shares, pool as route_pool, weight_and_signal
+from .common import flat_where_zero, movement as route, pool as route_pool, weight_and_signal
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
 
@@ -241,13 +241,15 @@ def _support(x, pad):
 def stable_add(op, relevance, run):
     """§7.5: ``R_i = R (x_i + ε s |x_i|) / (z + ε s Σ|x_j|)`` with ``s = sign(z)`` (+1 at 0). The
     numerators sum to the denominator, so it conserves; ``|denominator| >= ε Σ|x_j|`` bounds every
-    share."""
+    share. Where both operands are 0, each gets half (the flat share of ``rap``'s sum)."""
     a, b = run.args(op)
     z = run.output(op)
     eps = run.options["epsilon"]
     s = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-    scaled = sdiv(relevance, z + eps * s * (a.abs() + b.abs()))
-    return operand_shares(op, (a, b), lambda value: (value + eps * s * value.abs()) * scaled)
+    denominator = z + eps * s * (a.abs() + b.abs())
+    scaled = sdiv(relevance, denominator)
+    return flat_where_zero(op, (a, b), relevance, denominator,
+                           lambda value: (value + eps * s * value.abs()) * scaled)
 
 
 @register_rule("resample", method="rap", needs_output=True, dtypes=WITH_BFLOAT16)
