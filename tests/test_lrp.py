@@ -38,7 +38,8 @@ def randomised(model, seed=1):
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
-            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+            elif isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) \
+                    and m.bias is not None:
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
     return model.double().eval()
 
@@ -157,3 +158,41 @@ def test_zennit_loses_relevance_on_inception_and_relprop_does_not():
     zennit_error = ((theirs.sum((1, 2, 3)) - ours.score) / ours.score).abs()
     assert (zennit_error > 0.1).all(), zennit_error
     assert (ours.delta.abs() <= 1e-9 * ours.score.abs()).all()
+
+
+class Signal1d(torch.nn.Module):
+    """A 1-D convolutional classifier (Conv1d, max and average pooling), as for signals."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv1d(2, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool1d(2),
+            torch.nn.Conv1d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool1d(2))
+        self.classifier = torch.nn.Linear(8 * 10, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+@pytest.mark.parametrize("method", [m for m in ZENNIT if m != "lrp-epsilon-gamma-box"])
+def test_lrp_on_conv1d_matches_zennit(method):
+    """Zennit's composites map Conv1d as Conv2d; relprop's convolution rules take 1-D inputs
+    through the same algebra (``F.conv1d`` and its input gradient)."""
+    torch.manual_seed(0)
+    model = randomised(Signal1d())
+    x = torch.randn(2, 2, 40, dtype=D, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([3, 7])
+    ours = relprop.explain(model, x, target, method=method).relevance
+    theirs = _zennit(model, x, target, ZENNIT[method]())
+    scale = theirs.flatten(1).abs().amax(1)
+    err = (ours - theirs).flatten(1).abs().amax(1)
+    assert (err <= 1e-6 * scale).all(), err / scale
+
+
+@pytest.mark.parametrize("method", ["rap", "rap-stable"])
+def test_rap_conserves_on_conv1d(method):
+    torch.manual_seed(0)
+    model = randomised(Signal1d())
+    x = torch.randn(3, 2, 40, dtype=D, generator=torch.Generator().manual_seed(1))
+    e = relprop.explain(model, x, method=method)
+    assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all()

@@ -30,7 +30,8 @@ aten = torch.ops.aten
 # --------------------------------------------------------------------------- the ATen vocabulary
 # An ATen overload whose arguments read as a function's that relprop knows: the same normaliser.
 SAME_AS = {
-    aten.conv2d.default: F.conv2d, aten.linear.default: F.linear,
+    aten.conv2d.default: F.conv2d, aten.conv1d.default: F.conv1d, aten.conv3d.default: F.conv3d,
+    aten.linear.default: F.linear,
     aten.relu.default: torch.relu, aten.relu_.default: torch.relu,
     aten.gelu.default: F.gelu, aten.silu.default: F.silu, aten.silu_.default: F.silu,
     aten.hardswish.default: F.hardswish, aten.hardswish_.default: F.hardswish,

@@ -151,7 +151,8 @@ def check_batch(model: nn.Module, x, rank: int | None = None,
                          "inputs.float() and normalise as the model expects")
     if rank and x.dim() != rank:
         hint = " (add the batch dimension: inputs.unsqueeze(0))" if x.dim() == rank - 1 else ""
-        raise ValueError(f"inputs must be a batch of shape (N, C, H, W); got shape "
+        shape = {3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"}.get(rank, f"{rank}-D")
+        raise ValueError(f"inputs must be a batch of shape {shape}; got shape "
                          f"{tuple(x.shape)}{hint}")
     if x.dim() < 2:
         raise ValueError(f"inputs must be a batch (N, ...) of at least two dimensions; got "

@@ -9,7 +9,7 @@ tensor inputs first in ``args`` and its static settings in ``kwargs``:
 kind            meaning (``args``)
 ==============  =======================================================================
 ``linear``      ``F.linear(x, weight, bias)``
-``conv``        ``F.conv2d(x, weight, bias, **kwargs)`` with numeric stride/padding/...
+``conv``        ``F.conv1d/2d/3d(x, weight, bias, **kwargs)`` with numeric stride/padding/...
 ``batchnorm``   ``F.batch_norm(x, mean, var, weight, bias)`` in inference mode
 ``passthrough`` elementwise, relevance unchanged: ReLU, Dropout, ``x * c + t``, ...
 ``pool``        a positively homogeneous reduction of one input: max/avg pooling, mean
@@ -145,47 +145,61 @@ def _bind(args, kwargs, names, defaults):
     return out
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+def _pair(v, n=2):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
 def _conv_padding(padding, weight_shape, dilation):
     """Numeric symmetric padding, or None where the padding cannot be written that way."""
     if padding == "valid":
-        return (0, 0)
+        return (0,) * len(dilation)
     if padding == "same":
         total = [d * (k - 1) for d, k in zip(dilation, weight_shape[2:])]
         if any(t % 2 for t in total):
             return None
         return tuple(t // 2 for t in total)
-    return _pair(padding)
+    return _pair(padding, len(dilation))
 
 
-def _conv(args, kwargs) -> Normalised:
-    b = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
-              {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
-    dilation, padding = _pair(b["dilation"]), b["padding"]
-    if isinstance(padding, str):
-        if isinstance(b["weight"], Ref):
-            raise UnsupportedCall(f"padding='{padding}' with a computed weight")
-        weight = b["weight"].get() if isinstance(b["weight"], Attr) else b["weight"]
-        padding = _conv_padding(padding, weight.shape, dilation)
-        if padding is None:
-            raise UnsupportedCall("padding='same' that pads unevenly")
-    return Normalised("conv", F.conv2d, (b["input"], b["weight"], b["bias"]),
-                      {"stride": _pair(b["stride"]), "padding": _pair(padding),
-                       "dilation": dilation, "groups": b["groups"]})
+CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # by the number of spatial dims
 
 
-@_module(nn.Conv2d)
+def _convolution(dims):
+    """The normaliser of a ``dims``-D convolution: ``conv``, with ``F.conv{dims}d`` and its
+    settings as tuples."""
+    def normalise(args, kwargs) -> Normalised:
+        b = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation",
+                                 "groups"),
+                  {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+        dilation, padding = _pair(b["dilation"], dims), b["padding"]
+        if isinstance(padding, str):
+            if isinstance(b["weight"], Ref):
+                raise UnsupportedCall(f"padding='{padding}' with a computed weight")
+            weight = b["weight"].get() if isinstance(b["weight"], Attr) else b["weight"]
+            padding = _conv_padding(padding, weight.shape, dilation)
+            if padding is None:
+                raise UnsupportedCall("padding='same' that pads unevenly")
+        return Normalised("conv", CONVOLUTIONS[dims], (b["input"], b["weight"], b["bias"]),
+                          {"stride": _pair(b["stride"], dims), "padding": _pair(padding, dims),
+                           "dilation": dilation, "groups": b["groups"]})
+    return normalise
+
+
+_conv = _convolution(2)
+
+
+@_module(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv_module(m: nn.Conv2d, args, kwargs):
     if m.padding_mode != "zeros":
         raise UnsupportedCall(f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
-    return _conv((args[0], Attr(m, "weight"), Attr(m, "bias"), m.stride, m.padding, m.dilation,
-                  m.groups), {})
+    return _convolution(m.weight.dim() - 2)(
+        (args[0], Attr(m, "weight"), Attr(m, "bias"), m.stride, m.padding, m.dilation,
+         m.groups), {})
 
 
 _function(F.conv2d, torch.conv2d)(_conv)
+_function(F.conv1d, torch.conv1d)(_convolution(1))
+_function(F.conv3d, torch.conv3d)(_convolution(3))
 
 
 @_function(F.linear)
@@ -199,7 +213,7 @@ def _linear_module(m, args, kwargs):
     return _linear((args[0], Attr(m, "weight"), Attr(m, "bias")), {})
 
 
-@_module(nn.BatchNorm1d, nn.BatchNorm2d)
+@_module(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _batchnorm_module(m, args, kwargs):
     if m.running_mean is None:
         raise UnsupportedCall("BatchNorm without running statistics computes batch statistics")
@@ -381,7 +395,8 @@ except ImportError:  # torchvision is a dependency; this only keeps ops importab
 
 
 @_module(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-         nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+         nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.MaxPool3d,
+         nn.AvgPool3d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d)
 def _pool_module(m, args, kwargs):
     if getattr(m, "return_indices", False):
         raise UnsupportedCall("pooling with return_indices=True")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import engine
 from .errors import ForwardError, UntraceableModel
@@ -86,7 +87,8 @@ class Propagation(Explainer):
             check_batch(model, x)  # what is wrong with any batch, before a capture runs on it
         graph = self._plan_of(model, x).graph
         first = graph.op(graph.input_layers[0]) if graph.input_layers else None
-        check_batch(model, x, rank=4 if first is not None and first.kind == "conv" else None,
+        rank = _INPUT_RANKS.get(first.fn) if first is not None else None
+        check_batch(model, x, rank=rank,
                     channels=_expected_channels(graph, first))
         self.check_precision(x.dtype, x)
 
@@ -183,6 +185,9 @@ def _node(graph, layer: str) -> str:
         raise ValueError(f"layer '{layer}' is neither a module path nor a graph node of this "
                          f"model; its layers include {', '.join(paths[-5:])}")
     return ops[-1]
+
+
+_INPUT_RANKS = {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5}  # (N, C, ...) under a convolution
 
 
 def _expected_channels(graph, first) -> int | None:

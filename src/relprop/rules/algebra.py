@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv2d_input
+from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
+
+_INPUT_GRADIENTS = {F.conv1d: conv1d_input, F.conv2d: conv2d_input, F.conv3d: conv3d_input}
 
 
 def sdiv(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -25,14 +27,14 @@ def lin(op, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The layer's linear map without bias."""
     if op.kind == "linear":
         return F.linear(x, w)
-    return F.conv2d(x, w, None, **op.kwargs)
+    return op.fn(x, w, None, **op.kwargs)  # F.conv1d, F.conv2d or F.conv3d
 
 
 def lin_t(op, s: torch.Tensor, w: torch.Tensor, x_shape) -> torch.Tensor:
     """The transpose of ``lin`` applied to ``s`` (the gradient of ``lin`` at any input)."""
     if op.kind == "linear":
         return s @ w
-    return conv2d_input(tuple(x_shape), w, s, **op.kwargs)
+    return _INPUT_GRADIENTS[op.fn](tuple(x_shape), w, s, **op.kwargs)
 
 
 def sign_pair(op, w: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,10 @@ def movement(op, relevance, run):
     return tuple(grads)
 
 
-_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-_MAX_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, torch.amax, F.adaptive_max_pool2d,
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+              nn.AdaptiveMaxPool3d)
+_MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool2d, torch.amax,
+                  F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
                   torch.Tensor.amax}
 
 
