@@ -196,3 +196,39 @@ def test_rap_conserves_on_conv1d(method):
     x = torch.randn(3, 2, 40, dtype=D, generator=torch.Generator().manual_seed(1))
     e = relprop.explain(model, x, method=method)
     assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all()
+
+
+class Decoder(torch.nn.Module):
+    """An encoder-decoder with a (grouped) transposed convolution, as segmenters upsample."""
+
+    def __init__(self, groups):
+        super().__init__()
+        self.enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                       torch.nn.ReLU())
+        self.up = torch.nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1, groups=groups)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.up(self.enc(x))))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("method", ["lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-alpha2beta1"])
+def test_transposed_convolution_matches_zennit(method, groups):
+    """rap-spec §9.2: a transposed convolution takes the convolution rules with its own map
+    (the stacked W+/|W-| along its output channels); Zennit maps ConvTranspose2d in its
+    composites too. A region of the class map is the target."""
+    from relprop.targets import ClassRegion
+    torch.manual_seed(0)
+    model = randomised(Decoder(groups))
+    with torch.no_grad():
+        model.up.bias.uniform_(-0.1, 0.1)
+    x = torch.randn(2, 3, 16, 16, dtype=D, generator=torch.Generator().manual_seed(0))
+    weights = ClassRegion(1, (2, 2, 10, 10)).weights(model(x))
+    ours = relprop.explain(model, x, target=weights, method=method).relevance
+    with Gradient(model=copy.deepcopy(model), composite=ZENNIT[method]()) as attributor:
+        _, theirs = attributor(x, lambda out: weights * out)
+    assert ((ours - theirs).abs().max() <= 1e-9 * theirs.abs().max())
+    for rap_method in ("rap", "rap-stable"):
+        e = relprop.explain(model, x, target=weights, method=rap_method)
+        assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all()

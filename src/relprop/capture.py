@@ -31,7 +31,8 @@ aten = torch.ops.aten
 # An ATen overload whose arguments read as a function's that relprop knows: the same normaliser.
 SAME_AS = {
     aten.conv2d.default: F.conv2d, aten.conv1d.default: F.conv1d, aten.conv3d.default: F.conv3d,
-    aten.linear.default: F.linear,
+    aten.linear.default: F.linear, aten.conv_transpose2d.input: F.conv_transpose2d,
+    aten.conv_transpose1d.default: F.conv_transpose1d,
     aten.relu.default: torch.relu, aten.relu_.default: torch.relu,
     aten.gelu.default: F.gelu, aten.silu.default: F.silu, aten.silu_.default: F.silu,
     aten.hardswish.default: F.hardswish, aten.hardswish_.default: F.hardswish,

@@ -9,7 +9,8 @@ tensor inputs first in ``args`` and its static settings in ``kwargs``:
 kind            meaning (``args``)
 ==============  =======================================================================
 ``linear``      ``F.linear(x, weight, bias)``
-``conv``        ``F.conv1d/2d/3d(x, weight, bias, **kwargs)`` with numeric stride/padding/...
+``conv``        ``F.conv1d/2d/3d(x, weight, bias, **kwargs)`` with numeric stride/padding/...,
+                and the transposed convolutions ``F.conv_transpose1d/2d``
 ``batchnorm``   ``F.batch_norm(x, mean, var, weight, bias)`` in inference mode
 ``passthrough`` elementwise, relevance unchanged: ReLU, Dropout, ``x * c + t``, ...
 ``pool``        a positively homogeneous reduction of one input: max/avg pooling, mean
@@ -200,6 +201,39 @@ def _conv_module(m: nn.Conv2d, args, kwargs):
 _function(F.conv2d, torch.conv2d)(_conv)
 _function(F.conv1d, torch.conv1d)(_convolution(1))
 _function(F.conv3d, torch.conv3d)(_convolution(3))
+
+TRANSPOSED_CONVOLUTIONS = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
+
+
+def _transposed_convolution(dims):
+    """rap-spec §9.2: a transposed convolution is a linear map like a convolution (``conv``),
+    with ``F.conv_transpose{dims}d`` and its settings."""
+    def normalise(args, kwargs) -> Normalised:
+        b = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding",
+                                 "output_padding", "groups", "dilation"),
+                  {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "groups": 1,
+                   "dilation": 1})
+        return Normalised("conv", TRANSPOSED_CONVOLUTIONS[dims],
+                          (b["input"], b["weight"], b["bias"]),
+                          {"stride": _pair(b["stride"], dims), "padding": _pair(b["padding"], dims),
+                           "output_padding": _pair(b["output_padding"], dims),
+                           "groups": b["groups"], "dilation": _pair(b["dilation"], dims)})
+    return normalise
+
+
+@_module(nn.ConvTranspose1d, nn.ConvTranspose2d)
+def _transposed_module(m, args, kwargs):
+    if len(args) > 1 or kwargs.get("output_size") is not None:
+        raise UnsupportedCall("a transposed convolution called with output_size")
+    if m.padding_mode != "zeros":
+        raise UnsupportedCall(f"padding_mode='{m.padding_mode}' (only zero padding is supported)")
+    return _transposed_convolution(m.weight.dim() - 2)(
+        (args[0], Attr(m, "weight"), Attr(m, "bias"), m.stride, m.padding, m.output_padding,
+         m.groups, m.dilation), {})
+
+
+_function(F.conv_transpose1d, torch.conv_transpose1d)(_transposed_convolution(1))
+_function(F.conv_transpose2d, torch.conv_transpose2d)(_transposed_convolution(2))
 
 
 @_function(F.linear)

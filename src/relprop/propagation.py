@@ -187,7 +187,8 @@ def _node(graph, layer: str) -> str:
     return ops[-1]
 
 
-_INPUT_RANKS = {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5}  # (N, C, ...) under a convolution
+_INPUT_RANKS = {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5, F.conv_transpose1d: 3,
+                F.conv_transpose2d: 4}  # (N, C, ...) under a convolution
 
 
 def _expected_channels(graph, first) -> int | None:
@@ -207,6 +208,8 @@ def _expected_channels(graph, first) -> int | None:
         if not channelwise or len(op.inputs) != 1:
             return None
         name = op.inputs[0]
+    if first.fn in (F.conv_transpose1d, F.conv_transpose2d):  # weights (in, out / groups, ...)
+        return weight.shape[0]
     return weight.shape[1] * first.kwargs["groups"]
 
 

@@ -6,7 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
-_INPUT_GRADIENTS = {F.conv1d: conv1d_input, F.conv2d: conv2d_input, F.conv3d: conv3d_input}
+
+
+def _transposed_input(conv):
+    """The input gradient of a transposed convolution: the convolution with the same weight."""
+    def gradient(x_shape, w, s, stride, padding, output_padding, groups, dilation):
+        return conv(s, w, None, stride, padding, dilation, groups)
+    return gradient
+
+
+_INPUT_GRADIENTS = {F.conv1d: conv1d_input, F.conv2d: conv2d_input, F.conv3d: conv3d_input,
+                    F.conv_transpose1d: _transposed_input(F.conv1d),
+                    F.conv_transpose2d: _transposed_input(F.conv2d)}
+TRANSPOSED = (F.conv_transpose1d, F.conv_transpose2d)  # weights (in, out / groups, ...)
 
 
 def sdiv(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,7 +53,10 @@ def sign_pair(op, w: torch.Tensor) -> torch.Tensor:
     """``W+`` and ``|W-|`` in one weight whose map gives both ``lin(x, W+)`` and
     ``lin(x, |W-|)``; groups keep their channels, so each group's ``W+`` rows are followed by its
     ``|W-|`` rows. Written straight into one buffer: derived at every call (a cache would go
-    stale), so no temporaries the size of the weight."""
+    stale), so no temporaries the size of the weight. A transposed convolution's output
+    channels are its weight's second dim: each row's W+ then |W-| there."""
+    if op.fn in TRANSPOSED:
+        return torch.cat([w.clamp(min=0), w.neg().clamp_(min=0)], 1)
     g = 1 if op.kind == "linear" else op.kwargs["groups"]
     rest = w.shape[1:]
     pair = w.new_empty((2 * w.shape[0], *rest))
