@@ -213,7 +213,8 @@ class Decoder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("method", ["lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-alpha2beta1"])
+@pytest.mark.parametrize("method", ["lrp-epsilon-plus", "lrp-epsilon-alpha2beta1",
+                                    "lrp-epsilon-plus-flat"])
 def test_transposed_convolution_matches_zennit(method, groups):
     """rap-spec §9.2: a transposed convolution takes the convolution rules with its own map
     (the stacked W+/|W-| along its output channels); Zennit maps ConvTranspose2d in its
