@@ -230,3 +230,13 @@ def test_a_dropped_model_frees_its_graph_and_plans():
     gc.collect()  # the model (if a cycle holds it), and with it the entry that held the graph
     gc.collect()  # the graph and its plans, a cycle of their own
     assert graph() is None
+
+
+def test_register_op_refuses_a_sign_or_a_misspelt_kind_in_words():
+    from relprop.ops import Kind, Sign
+    with pytest.raises(ValueError, match="did you mean 'passthrough'"):
+        relprop.register_op(torch.erf, kind="passtrough")
+    with pytest.raises(ValueError, match="sign must be one of nonneg, same, any"):
+        relprop.register_op(torch.erf, kind="passthrough", sign="positive")
+    relprop.register_op(torch.erf, kind=Kind.PASSTHROUGH, sign=Sign.ANY)  # the enums themselves
+    relprop.register_op(torch.erf, kind="my_own_kind")  # a kind of one's own, ruled elsewhere

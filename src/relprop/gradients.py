@@ -20,6 +20,7 @@ import torch.nn as nn
 from .errors import UnsupportedOperation, UntraceableModel
 from .explainer import Call, Explainer, warn_at_caller
 from .targets import main_output
+from .analysis import attention_products
 from .graph import traced
 from .registry import register_method
 
@@ -257,12 +258,10 @@ def last_token_layer(model: nn.Module, x: torch.Tensor | None = None) -> str | N
         graph = traced(model, x)
     except (UnsupportedOperation, UntraceableModel):
         return None
-    last = None
-    for op in graph.ops:
-        if op.kind == "matmul" and any(op.gated):
-            last = op
-    if last is None:
+    found = attention_products(graph)
+    if not found:
         return None
+    last = found[-1]
     paths = [op.module_path for op in graph.ops[:graph.ops.index(last)]
              if op.kind == "norm" and op.module_path]
     return paths[-1] if paths else None

@@ -30,8 +30,10 @@ kind            meaning (``args``)
 """
 from __future__ import annotations
 
+import difflib
 import operator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 import torch
@@ -41,7 +43,56 @@ from torch.nn.utils import parametrize
 
 from .ir import Attr, ModuleCall, Op, Ref
 
-LAYER_KINDS = ("linear", "conv")
+
+
+class Kind(str, Enum):
+    """The kinds of op relprop's rules know (the table above). A kind of one's own is any other
+    name with a rule registered for it (``register_rule``)."""
+
+    LINEAR = "linear"
+    CONV = "conv"
+    BATCHNORM = "batchnorm"
+    PASSTHROUGH = "passthrough"
+    POOL = "pool"
+    RESAMPLE = "resample"
+    ADD = "add"
+    MOVEMENT = "movement"
+    PRODUCT = "product"
+    MATMUL = "matmul"
+    SOFTMAX = "softmax"
+    NORM = "norm"
+
+
+class Sign(str, Enum):
+    """What is known of an op's output sign: non-negative (ReLU), the same as its inputs' (a
+    pooling, a copy), or anything."""
+
+    NONNEG = "nonneg"
+    SAME = "same"
+    ANY = "any"
+
+
+LAYER_KINDS = (Kind.LINEAR.value, Kind.CONV.value)
+
+
+def _checked(kind, sign) -> tuple[str, str]:
+    """``kind`` and ``sign`` as register_op takes them, refused in words where they cannot be
+    meant: a sign that is none of :class:`Sign`, a kind that looks like a misspelt one of
+    :class:`Kind`."""
+    kind = kind.value if isinstance(kind, Kind) else kind
+    if not isinstance(kind, str) or not kind.strip():
+        raise ValueError(f"kind must be one of {', '.join(k.value for k in Kind)} or the name of "
+                         f"a kind with a rule of your own; got {kind!r}")
+    known = [k.value for k in Kind]
+    close = difflib.get_close_matches(kind, known, n=1, cutoff=0.8)
+    if kind not in known and close:
+        raise ValueError(f"unknown kind '{kind}'; did you mean '{close[0]}'? (a kind of your own "
+                         "needs relprop.register_rule(kind, ...))")
+    sign = sign.value if isinstance(sign, Sign) else sign
+    if sign not in [s.value for s in Sign]:
+        raise ValueError(f"sign must be one of {', '.join(s.value for s in Sign)}; got {sign!r}")
+    return kind, sign
+
 
 @dataclass
 class Normalised:
@@ -68,10 +119,12 @@ def register_op(target, kind: str, *, sign: str | None = None) -> None:
     """Tell relprop what ``target`` is: a module class, a function, or a tensor-method name.
 
     A registered module class is kept whole in the trace (a leaf) and called as it is; its rule is
-    the one registered for ``kind``. ``sign`` says what is known about the output's sign:
-    'nonneg' (like ReLU), 'same' as the input, or 'any'.
+    the one registered for ``kind`` (one of :class:`Kind`, or a kind of one's own). ``sign``
+    says what is known about the output's sign (:class:`Sign`): 'nonneg' (like ReLU), 'same' as
+    the input, or 'any'. A sign that is none of these, or a kind that looks like a misspelt one
+    of relprop's, is refused with a ValueError.
     """
-    sign = sign or _SIGN_BY_KIND.get(kind, "any")
+    kind, sign = _checked(kind, sign or _SIGN_BY_KIND.get(kind, "any"))
     if isinstance(target, type) and issubclass(target, nn.Module):
         _MODULES[target] = lambda m, a, k: Normalised(kind, m, a, k, sign)
     elif isinstance(target, str):

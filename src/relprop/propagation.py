@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from . import engine
 from .errors import ForwardError, UntraceableModel
 from .explainer import Call, Explainer, check_batch
+from .analysis import attention_products
 from .graph import needs_example, traced
 from .ir import Attr
 from .registry import Option, register_method
@@ -114,7 +115,7 @@ class Propagation(Explainer):
             start = weights / weights.flatten(1).abs().sum(1).view(-1, *([1] * (weights.dim() - 1)))
         with torch.no_grad():  # rules that route relevance through autograd enable it
             relevance = engine.backward(plan, kept, start, call.score, call.options, stop)
-        if stop is not None and has_attention(plan.graph):  # a block's tokens: a patch map
+        if stop is not None and attention_products(plan.graph):  # a block's tokens: patches
             relevance = token_map(relevance, *call.inputs.shape[2:])
         return relevance
 
@@ -166,11 +167,6 @@ class AttnLRP(Propagation):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-
-
-def has_attention(graph) -> bool:
-    """Whether the graph has attention: a product weighted by softmax weights (§8.5)."""
-    return any(op.kind == "matmul" and any(op.gated) for op in graph.ops)
 
 
 def _node(graph, layer: str) -> str:

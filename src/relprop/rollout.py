@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import engine
 from .errors import ForwardError, NotApplicable
 from .explainer import Call, Explainer
+from .analysis import attention_products
 from .graph import needs_example, traced
 from .registry import register_method
 from .rules.common import weight_and_signal
@@ -51,11 +52,8 @@ class AttentionRollout(Explainer):
 
     def _attention(self, model: nn.Module, x: torch.Tensor | None = None) -> tuple:
         graph = traced(model, x)
-        weights = []
-        for op in graph.ops:
-            roles = op.kind == "matmul" and weight_and_signal(op)
-            if roles:
-                weights.append(op.args[roles[0]].name)
+        weights = [op.args[weight_and_signal(op)[0]].name for op in attention_products(graph)
+                   if weight_and_signal(op)]
         if not weights:
             raise NotApplicable(f"{self.method} needs a transformer: the traced graph of "
                              f"{type(model).__name__} has no attention (softmax weights of a "

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
-from ..graph import after_output_layers, output_layers as find_output_layers
+from ..analysis import after_output_layers, output_layers as find_output_layers
 from ..ir import Ref, resolve
 from ..ops import pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
