@@ -66,8 +66,13 @@ def bench(batch, device, warmup, repeats):
 
 
 def bench_lxt(state, x, target, device, warmup, repeats):
-    """LXT after its global patch, on a fresh vit_b_16 with the same weights."""
+    """LXT after its global patch, on a fresh vit_b_16 with the same weights. LXT 2.1 imports
+    under transformers 4.x only: its packages come from .lxt-env (.ci/run's second set) where
+    that exists, put first on the path."""
     import torchvision.models.vision_transformer as vision_transformer
+    lxt_env = Path(__file__).resolve().parents[1] / ".lxt-env"
+    if lxt_env.is_dir():
+        sys.path.insert(0, str(lxt_env))
     from lxt.efficient import monkey_patch
     monkey_patch(vision_transformer)
     model = torchvision.models.vit_b_16().eval().to(device)

@@ -96,6 +96,18 @@ class Resample(nn.Module):
         return F.avg_pool2d(F.interpolate(x, scale_factor=2, mode=self.mode), 2)
 
 
+class WrittenOutNorm(nn.Module):
+    """An RMS norm over the channels written out, ``x / sqrt(mean(x²) + ε)`` (a quotient of two
+    signals), scaled by a learned weight."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(1, c, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self.weight * x / torch.sqrt(x.pow(2).mean(1, keepdim=True) + 1e-3)
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -151,7 +163,7 @@ def _draw(seed: int, size: int) -> tuple[nn.Module, torch.Tensor, str]:
     blocks, h = [], size
     for _ in range(rng.randint(2, 5)):
         kind = rng.choice(["conv", "pool", "residual", "residual-ln", "se", "cat", "difference",
-                           "stack-sum", "resample"])
+                           "stack-sum", "resample", "norm"])
         act = rng.choice(list(ACTIVATIONS))
         if kind == "pool" and h >= 4:
             pool = rng.choice([nn.AvgPool2d(2), nn.MaxPool2d(2), nn.AvgPool2d(3, 1, 1)])
@@ -182,6 +194,9 @@ def _draw(seed: int, size: int) -> tuple[nn.Module, torch.Tensor, str]:
             mode = rng.choice(["nearest", "bilinear"])
             blocks.append(Resample(mode))
             recipe.append(f"resample({mode} x2, avgpool 2)")
+        elif kind == "norm":
+            blocks.append(WrittenOutNorm(c))
+            recipe.append("written-out rms norm")
         elif kind == "se":
             blocks.append(SqueezeExcite(c))
             recipe.append("squeeze-excite")

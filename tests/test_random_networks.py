@@ -36,7 +36,7 @@ def test_the_grammar_draws_what_it_claims():
     recipes = [draw(seed)[2] for seed in SEEDS]
     for part in ("AvgPool2d", "MaxPool2d", "residual(conv", "residual(layernorm",
                  "squeeze-excite", "cat(", "+relu", "gelu", "silu", "tanh", "difference(",
-                 "stack-sum(", "resample(nearest", "resample(bilinear"):
+                 "stack-sum(", "resample(nearest", "resample(bilinear", "written-out rms norm"):
         assert any(part in r for r in recipes), part
     assert any("AvgPool2d" in r.split("residual")[0] and "residual" in r for r in recipes)
 

@@ -514,3 +514,36 @@ def test_a_difference_of_two_signals_is_a_sum_with_the_negation():
     x = torch.randn(2, 3, 4, 4, dtype=D)
     e = relprop.explain(model, x, method="rap")
     assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, rtol=1e-10)
+
+
+def test_a_quotient_of_two_signals_gives_the_numerator_everything():
+    """``a / b`` with both from the input (a norm written out, ConViT's attention renormalised):
+    the denominator is a weight (rap-spec §8.2, §8.3), all relevance to the numerator; the
+    2-norm as a reduction conserves by the pooling z-rule (R_j = R x_j² / Σ x²)."""
+    import torch.nn as nn
+
+    import relprop
+
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc((h / h.norm(dim=1, keepdim=True)).flatten(1))
+
+    torch.manual_seed(0)
+    model = Normalised().double().eval()
+    graph = relprop.RAP(model).graph
+    division = next(op for op in graph.ops if op.name == "truediv")
+    assert division.kind == "product" and division.gated == (False, True)
+    x = torch.randn(2, 3, 4, 4, dtype=D)
+    for method in ("rap", "rap-stable"):
+        e = relprop.explain(model, x, method=method)
+        assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, rtol=1e-10)
+    norm = make_op("pool", torch.norm, (Ref("x"),), {"dim": 1, "keepdim": True})
+    v = t(3.0, 4.0).view(1, 2)
+    (share,) = common.pool(norm, t(10.0).view(1, 1),
+                           run_with({"x": v, "y": v.norm(dim=1, keepdim=True)}))
+    assert torch.allclose(share, t(3.6, 6.4).view(1, 2))  # 10 * (9, 16) / 25

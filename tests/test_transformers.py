@@ -8,7 +8,6 @@ on the meta device in ``test_zoo.py``, and ``python benchmarks/zoo.py --transfor
 at 224x224."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -143,14 +142,33 @@ def test_cross_attention_is_refused_in_words():
         relprop.explainer(Cross(), "rap")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lxt") is None, reason="LXT is a test extra")
+LXT_ENV = Path(os.environ.get("RELPROP_LXT_ENV", ROOT / ".lxt-env"))
+
+
+def lxt_environment() -> dict:
+    """The environment of a process that runs LXT 2.1: its packages (LXT, transformers 4.57, the
+    hub and tokenizers those need; ``pip install --target .lxt-env``, as .ci/run does) first on
+    the path, since LXT cannot import under the transformers 5 that relprop is tested on."""
+    if not (LXT_ENV / "lxt").is_dir():
+        why = (f"LXT's packages are not in {LXT_ENV}: .venv/bin/pip install --no-deps --target "
+               ".lxt-env lxt==2.1 transformers==4.57.6 'tokenizers>=0.22,<0.23' "
+               "'huggingface-hub>=0.34,<1.0' (.ci/run does it)")
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    path = os.pathsep.join([str(LXT_ENV), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                                        if p])
+    return {**os.environ, "PYTHONPATH": path,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
 @pytest.mark.parametrize("spec", ["small", "vit_b_16"])
 def test_lrp_attn_equals_lxt(spec, tmp_path):
     """lrp-attn = LXT 2.1's input relevance after monkey_patch(torchvision's ViT), random
     weights, float64, to 1e-6·max|LXT| per image. LXT patches torch classes globally, so it runs
-    in a process of its own."""
+    in a process of its own, on its own packages (:func:`lxt_environment`)."""
     out = tmp_path / "lxt.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = lxt_environment()
     subprocess.run([sys.executable, "-m", "tests.lxt_reference", spec, "0", str(out)],
                    cwd=ROOT, check=True, env=env)
     ref = torch.load(out)

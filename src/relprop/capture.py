@@ -45,6 +45,9 @@ SAME_AS = {
     aten.einsum.default: torch.einsum,
     aten.add.Tensor: torch.add, aten.add_.Tensor: torch.add, aten.mul.Tensor: torch.mul,
     aten.mul_.Tensor: torch.mul, aten.sub.Tensor: torch.sub, aten.div.Tensor: torch.div,
+    aten.sub_.Tensor: torch.sub, aten.div_.Tensor: torch.div, aten.sqrt.default: torch.sqrt,
+    aten.rsqrt.default: torch.rsqrt, aten.exp.default: torch.exp, aten.abs.default: torch.abs,
+    aten.reciprocal.default: torch.reciprocal, aten.square.default: torch.square,
     aten.mean.dim: torch.mean, aten.amax.default: torch.amax,
     aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
     aten.avg_pool2d.default: F.avg_pool2d, aten.max_pool2d.default: F.max_pool2d,
@@ -54,6 +57,8 @@ SAME_AS = {
     aten.permute.default: torch.permute, aten.unsqueeze.default: torch.unsqueeze,
     aten.squeeze.dim: torch.squeeze, aten.roll.default: torch.roll,
     aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
+    aten.split_with_sizes.default: torch.split,
+    aten.linalg_vector_norm.default: torch.linalg.vector_norm,
     aten.unbind.int: torch.unbind,
     aten.view.default: "view", aten.expand.default: "expand", aten.contiguous.default: "contiguous",
     aten.clone.default: "clone", aten.neg.default: torch.neg, aten.pow.Tensor_Scalar: torch.pow,
@@ -93,8 +98,10 @@ def _register_aten() -> None:
     register_normaliser(aten.group_norm.default, _first(5, normaliser_of(F.group_norm)))
     register_normaliser(aten.batch_norm.default, _batch_norm)
     register_normaliser(aten.constant_pad_nd.default, _constant_pad)
-    for overload in (aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.vec):
-        register_normaliser(overload, _upsample)
+    for overload, mode in ((aten.upsample_bilinear2d.vec, "bilinear"),
+                           (aten.upsample_bicubic2d.vec, "bicubic"),
+                           (aten.upsample_nearest2d.vec, "nearest")):
+        register_normaliser(overload, _upsample(mode))
     register_meta(_additive_on)
 
 
@@ -116,17 +123,18 @@ def _constant_pad(args, kwargs):
     return normaliser_of(F.pad)((x, list(pad)), {"value": value})
 
 
-def _upsample(args, kwargs):
-    """``upsample_bilinear2d.vec(input, output_size, align_corners, scale_factors)`` and
-    ``upsample_nearest2d.vec(input, output_size, scale_factors)`` as ``F.interpolate``."""
-    bilinear = len(args) == 4
-    size = args[1]
-    scale = args[3] if bilinear else (args[2] if len(args) > 2 else None)
-    return normaliser_of(F.interpolate)(
-        (args[0],), {"size": list(size) if size is not None else None,
-                     "scale_factor": None if size is not None else scale,
-                     "mode": "bilinear" if bilinear else "nearest",
-                     "align_corners": args[2] if bilinear else None})
+def _upsample(mode):
+    """``upsample_{bilinear,bicubic}2d.vec(input, output_size, align_corners, scale_factors)``
+    and ``upsample_nearest2d.vec(input, output_size, scale_factors)`` as ``F.interpolate``."""
+    def normalise(args, kwargs):
+        aligned = mode != "nearest"
+        size = args[1]
+        scale = args[3] if aligned else (args[2] if len(args) > 2 else None)
+        return normaliser_of(F.interpolate)(
+            (args[0],), {"size": list(size) if size is not None else None,
+                         "scale_factor": None if size is not None else scale, "mode": mode,
+                         "align_corners": args[2] if aligned else None})
+    return normalise
 
 
 # --------------------------------------------------------------------------- capture

@@ -221,6 +221,19 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
                 op.kind, op.sign, op.fn = "add", "any", torch.add
                 op.args = (op.args[0], Ref(negated.name))
                 op.inputs = tuple(dict.fromkeys((op.args[0].name, negated.name)))
+            elif op.fn is torch.div and len(tensors) == 2:
+                # a / b: a rescaled by the weight 1/b (a normalisation, x / ||x||; ConViT's
+                # attn / attn.sum()): the denominator is a gate (rap-spec §8.2, §8.3: the scale
+                # is held constant), all relevance to the numerator.
+                reciprocal = Op(f"{op.name}_reciprocal", "passthrough", torch.reciprocal,
+                                (op.args[1],), {}, (op.args[1].name,),
+                                f"the reciprocal of {op.source}'s denominator", op.module_path,
+                                sign="any", gate=True)
+                resolved.append(reciprocal)
+                status[reciprocal.name] = reciprocal.kind
+                op.kind, op.sign, op.fn = "product", "any", torch.mul
+                op.args = (op.args[0], Ref(reciprocal.name))
+                op.inputs = tuple(dict.fromkeys((op.args[0].name, reciprocal.name)))
             elif op.fn is torch.mul and len(tensors) == 2:
                 op.kind, op.sign = "product", "any"
                 op.inputs = tuple(dict.fromkeys(t.name for t in tensors))
@@ -235,16 +248,24 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
             else:
                 raise UnsupportedOperation(
                     f"function torch.{op.fn.__name__} of two tensors", op.name, op.module_path,
-                    reason="relprop has rules for the sum, the difference and the product of two "
-                           "tensors, not for quotients or powers of them")
+                    reason="relprop has rules for the sum, the difference, the product and the "
+                           "quotient of two tensors, not for a power of one by the other")
         elif op.kind == "matmul":
             tensors = [a for a in op.args if isinstance(a, Ref) and status.get(a.name) not in
                        ("meta", "constant")]
-            if len(tensors) != 2:
+            if len(tensors) == 1 and op.fn is torch.matmul:
+                # x @ C with a constant C (relative-position tables on attention's query side):
+                # a linear map of fixed weights, given the pooling z-rule (rap-spec §9.2's
+                # z-rule, which conserves with weights of either sign); the tensor first.
+                op.kind, op.sign = "pool", "any"
+                if op.args[0] != tensors[0]:
+                    op.fn, op.args = vocabulary.reversed_operands(torch.matmul), op.args[::-1]
+                op.inputs = (tensors[0].name,)
+            elif len(tensors) != 2:
                 raise UnsupportedOperation(
                     f"a matrix product with a constant ({op.source})", op.name, op.module_path,
                     reason="relprop has a rule for the product of two tensors of the input "
-                           "(attention); a layer's weight belongs in F.linear or nn.Linear")
+                           "(attention) and for a tensor times a constant matrix")
         resolved.append(op)
     # Dead code elimination: keep what the output needs.
     needed = {output}

@@ -504,11 +504,22 @@ for _f in (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_poo
     _function(_f)(_pool(_f))
 for _name in ("mean", "amax", "sum"):  # a sum over dims: a linear map of weight 1 (rap-spec §9.3)
     _function(_name)(_pool(getattr(torch.Tensor, _name)))
+# The 2-norm over dims is positively homogeneous of degree 1, so the pooling z-rule
+# x ⊙ ∂z/∂x · R/z conserves there too (Euler): R_j = R · x_j² / Σ x_k².
+for _f in (torch.norm, torch.linalg.vector_norm):
+    _function(_f)(_pool(_f))
+_function("norm")(_pool(torch.Tensor.norm))
+
+# Casts and copies to another dtype pass relevance unchanged.
+for _name in ("float", "double", "half", "bfloat16", "to", "type_as", "type"):
+    _function(_name)(_activation(getattr(torch.Tensor, _name), "same"))
 
 
 # rap-spec §9.2: resampling is a linear map with weights fixed by the sizes; nearest, (bi)linear
-# and area resampling have non-negative weights, bicubic has negative ones (not supported).
-_RESAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area")
+# and area resampling have non-negative weights, bicubic has negative ones (its rule says how).
+_RESAMPLE_MODES = ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "area",
+                   "bicubic")
+SIGNED_RESAMPLING = ("bicubic",)  # modes whose weights can be negative
 
 
 @_function(F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest)
@@ -615,17 +626,25 @@ for _k in list(_ARITHMETIC):
 _ARITHMETIC[operator.iadd] = torch.add
 _ARITHMETIC[operator.imul] = torch.mul
 _ARITHMETIC[operator.isub] = torch.sub
+_ARITHMETIC[operator.itruediv] = torch.div
 for _k in (operator.pow, torch.pow, "pow", "pow_"):
     _ARITHMETIC[_k] = torch.pow
 
 # rap-spec §9.3: -x passes relevance unchanged; so does a constant minus, over or to the power of
 # a tensor (an elementwise transform), written with the tensor first.
 _function(operator.neg, torch.neg, "neg", "__neg__")(_elementwise(torch.neg, "any"))
+# Elementwise functions of one tensor (a norm written out: sqrt, rsqrt; exp, abs): relevance
+# passes unchanged, as at an activation (§8.1).
+for _f, _name, _sign in ((torch.sqrt, "sqrt", "nonneg"), (torch.rsqrt, "rsqrt", "nonneg"),
+                         (torch.exp, "exp", "nonneg"), (torch.abs, "abs", "nonneg"),
+                         (torch.reciprocal, "reciprocal", "any"), (torch.square, "square",
+                                                                   "nonneg")):
+    _function(_f, _name)(_activation(_f, _sign))
 
 
 def reversed_operands(fn):
-    """``fn(x, c)`` computed as ``fn(c, x)``, for ``c - x``, ``c / x`` and ``c ** x`` with the
-    tensor first (where relprop's elementwise ops keep it)."""
+    """``fn(x, c)`` computed as ``fn(c, x)``, for ``c - x``, ``c / x``, ``c ** x`` and ``c @ x``
+    with the tensor first (where relprop's one-input ops keep it)."""
     return _REVERSED[fn]
 
 
@@ -641,14 +660,18 @@ def _rpow(x, c):
     return c ** x
 
 
-_REVERSED = {torch.sub: _rsub, torch.div: _rdiv, torch.pow: _rpow}
+def _rmatmul(x, c):
+    return c @ x
+
+
+_REVERSED = {torch.sub: _rsub, torch.div: _rdiv, torch.pow: _rpow, torch.matmul: _rmatmul}
 
 # Functions and methods that only look at shapes or sizes.
 _META_FUNCTIONS = {getattr, len, torch.Tensor.size, torch.Tensor.dim}
 _META_METHODS = {"size", "dim", "numel"}
 
 # Methods that change their receiver: later users of the receiver must read the op's result.
-_INPLACE = {operator.iadd, operator.imul, torch.relu_, F.relu_, F.hardtanh_}
+_INPLACE = {operator.iadd, operator.imul, operator.isub, operator.itruediv, torch.relu_, F.relu_, F.hardtanh_}
 
 
 class UnsupportedCall(Exception):
@@ -700,6 +723,9 @@ def mutates_receiver(kind: str, target, kwargs) -> bool:
     if kind == "call_method":
         return str(target).endswith("_") and not str(target).endswith("__")
     if kind == "call_function":
+        if isinstance(target, torch._ops.OpOverload):  # ATen: add_, relu_, div_ ...
+            name = target.overloadpacket.__name__
+            return name.endswith("_") and not name.endswith("__")
         return target in _INPLACE or kwargs.get("inplace") is True
     return False  # module results are assigned; torch.nn modules' in-place flags are dropped
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..errors import UnsupportedOperation
 from ..analysis import after_output_layers, output_layers as find_output_layers
 from ..ir import Ref, resolve
-from ..ops import pad_spec, pads
+from ..ops import SIGNED_RESAMPLING, pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, input_vjp, is_max_pool, matmul as common_matmul
 from .common import flat_where_zero, movement as route, pool as route_pool, weight_and_signal
@@ -266,8 +266,11 @@ def resample(op, relevance, run):
 
 @register_rule("resample", method="rap-stable", needs_output=True, dtypes=WITH_BFLOAT16)
 def stable_resample(op, relevance, run):
-    """As ``rap``'s resampling, with §7.5's stabilised z-rule for a signed input."""
-    if run.note(op).get("carry"):
+    """As ``rap``'s resampling, with §7.5's stabilised z-rule for a signed input. Bicubic
+    weights can be negative, where §7.5's bound does not hold: it keeps the plain z-rule, which
+    conserves with any weights (not §3's sign split that §9.2 asks for: relprop has no explicit
+    W⁺/W⁻ of an interpolation kernel)."""
+    if run.note(op).get("carry") or op.kwargs.get("mode") in SIGNED_RESAMPLING:
         return resample(op, relevance, run)
     return stable_pool(op, relevance, run)
 
