@@ -126,11 +126,13 @@ def _shrunk(config):
 def _hf_builder(family, kind):
     def build():
         import transformers as T
+        from transformers.models.auto import modeling_auto as auto
         config = _shrunk(T.AutoConfig.for_model(family))
         config.num_labels = 5
-        auto = T.AutoModelForImageClassification if kind == "classification" else \
-            T.AutoModelForSemanticSegmentation
-        model = auto.from_config(config)
+        names = (auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if kind == "classification"
+                 else auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)[family]
+        name = names[0] if isinstance(names, (list, tuple)) else names  # DeiT has two heads
+        model = getattr(T, name)(config)
         size = getattr(config, "image_size", None) or \
             getattr(getattr(config, "vision_config", None), "image_size", None) or 224
         size = size[-1] if isinstance(size, (list, tuple)) else size
@@ -143,6 +145,20 @@ def _front_end(model) -> str:
     return "torch.export" if needs_example(model) else "torch.fx"
 
 
+def _no_zero_layers(model):
+    """Layers initialised to zero (timm's and torchvision's ViT heads, zero biases) drawn again,
+    so that no score is 0 by construction and every map has something to show."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("weight", "bias"):
+                p = getattr(module, name, None)
+                if isinstance(p, torch.Tensor) and p.is_floating_point() and p.numel() \
+                        and not p.detach().any() and not isinstance(module, torch.nn.modules.
+                                                                      batchnorm._BatchNorm):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
 def measure(name, kind, build) -> dict:
     import relprop
     row = {"model": name, "kind": kind}
@@ -153,6 +169,7 @@ def measure(name, kind, build) -> dict:
         return row
     row["built"] = getattr(model, "relprop_name", name.split(":")[-1])
     model.eval()
+    _no_zero_layers(model)
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size)
     try:
@@ -168,8 +185,11 @@ def measure(name, kind, build) -> dict:
             e = relprop.explain(model64, x64, method=method)
             error = (e.delta.abs() / e.score.abs().clamp(min=1)).max().item()
             row[f"{method}_error"] = error
-        row["status"] = "explained" if all(row[f"{m}_error"] <= TOLERANCE
-                                           for m in ("rap", "rap-stable")) else "not conserved"
+            row["score"] = e.score.abs().max().item()
+            row[f"{method}_mass"] = e.relevance.abs().sum().item()
+        conserved = all(row[f"{m}_error"] <= TOLERANCE for m in ("rap", "rap-stable"))
+        empty = row["score"] == 0 or row["rap-stable_mass"] == 0
+        row["status"] = "empty map" if empty else "explained" if conserved else "not conserved"
     except Exception as e:  # noqa: BLE001  (what stops it, in words)
         row.update(status="unsupported", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
         if not isinstance(e, (ValueError, relprop.UnsupportedOperation, relprop.UntraceableModel,

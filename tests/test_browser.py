@@ -17,6 +17,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODEL = "efficientnet_lite0"
 IDLE = "document.body.dataset.busy === 'false'"

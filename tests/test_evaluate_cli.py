@@ -14,6 +14,8 @@ from relprop import cli
 
 from .conftest import IMAGES, SHARED
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 BOXES = SHARED / "data" / "imagenet-samples-boxes"
 SMALL = ["--model", "efficientnet_lite0", "--data", str(IMAGES), "--boxes", str(BOXES),
          "--methods", "rap,gradient-x-input", "--limit", "4", "--steps", "5", "--region", "32",

@@ -11,6 +11,8 @@ from relprop.graph import traced
 
 from . import hf_models
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 pytest.importorskip("transformers")
 FAMILIES = sorted(hf_models.families())
 D = torch.float64

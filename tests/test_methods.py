@@ -9,6 +9,8 @@ import torchvision
 import relprop
 from relprop import models
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 FAMILIES = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "efficientnet_lite0": 32}
 CANNOT: dict = {  # (family, method) -> what the error says, where a method cannot run
     (name, method): "needs a transformer" for name in FAMILIES

@@ -18,6 +18,7 @@ def _relative_error(e):
     return (e.delta.abs() / e.score.abs().clamp(min=1)).max().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rap", "rap-stable"])
 def test_random_networks_conserve_the_score(method):
     failures = []

@@ -16,6 +16,8 @@ from relprop import RAP
 
 from .conftest import float64_copy, load_case
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 CASES = ["vgg16", "vgg16_bn", "resnet50"]
 
 

@@ -22,6 +22,8 @@ import relprop
 from relprop import api, cli, models, prepare, serve
 from relprop.images import load_image
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2; httpx works the same here
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient

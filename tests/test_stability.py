@@ -14,6 +14,8 @@ import relprop
 from .conftest import load_case
 from .digits import train_digits_resnet
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 
 def _correlations(a, b):
     return [float(torch.corrcoef(torch.stack([x.sum(0).flatten().double(),

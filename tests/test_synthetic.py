@@ -8,6 +8,8 @@ import torch
 from relprop.evaluate import synthetic
 from relprop.evaluate.localisation import distractor, localisation
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 
 @pytest.mark.parametrize("name", synthetic.SETS)
 def test_the_generator_is_deterministic_per_seed(name):

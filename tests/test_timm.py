@@ -14,6 +14,8 @@ import torch
 import relprop
 from relprop import cli, models
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 timm = pytest.importorskip("timm", reason="the timm tests need timm (pip install -e '.[test]')")
 
 FAMILIES = {"resnet": "resnet18", "resnetv2": "resnetv2_50", "efficientnet": "efficientnet_b0",

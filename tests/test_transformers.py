@@ -22,6 +22,8 @@ from relprop.rules.rap import shift
 
 from .transformer_models import SMALL, build_small, build_vit
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 2}}
 

@@ -14,6 +14,8 @@ import torchvision
 
 import relprop
 
+pytestmark = pytest.mark.slow  # full-size models, training or a process: `-m "not slow"` leaves it out
+
 ATTENTION = ("vit_", "swin_", "maxvit_")  # small models of these: test_transformers.py
 BUILDERS = torchvision.models.list_models(module=torchvision.models)
 SMALLEST = {  # family -> its smallest builder, and an input size it takes

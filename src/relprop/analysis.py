@@ -68,6 +68,9 @@ def output_layers(graph: Graph) -> tuple[tuple[str, ...], Op | None]:
             if op.kind == "add" and len(op.inputs) == 2:
                 sums.append(op)
                 return reach(op.inputs[0]) or reach(op.inputs[1])
+            if op.kind == "movement" and len(op.inputs) > 1:  # heads stacked, then averaged
+                sums.append(op)
+                return next((b for b in map(reach, op.inputs) if b is not None), None)
             if op.kind not in _AFTER_OUTPUT_LAYER or len(op.inputs) != 1:
                 return op
             name = op.inputs[0]

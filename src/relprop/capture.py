@@ -48,10 +48,15 @@ SAME_AS = {
     aten.sub_.Tensor: torch.sub, aten.div_.Tensor: torch.div, aten.sqrt.default: torch.sqrt,
     aten.rsqrt.default: torch.rsqrt, aten.exp.default: torch.exp, aten.abs.default: torch.abs,
     aten.reciprocal.default: torch.reciprocal, aten.square.default: torch.square,
+    aten.clamp.default: torch.clamp, aten.clamp.Tensor: torch.clamp,
+    aten.clamp_min.default: torch.clamp_min, aten.clamp_max.default: torch.clamp_max,
     aten.mean.dim: torch.mean, aten.amax.default: torch.amax,
     aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
     aten.avg_pool2d.default: F.avg_pool2d, aten.max_pool2d.default: F.max_pool2d,
-    aten.dropout.default: F.dropout, aten.pad.default: F.pad,
+    aten.dropout.default: F.dropout, aten.dropout_.default: F.dropout,
+    aten.feature_dropout.default: F.dropout, aten.feature_dropout_.default: F.dropout,
+    aten.pad.default: F.pad, aten.conv2d.padding: F.conv2d, aten.conv1d.padding: F.conv1d,
+    aten.col2im.default: F.fold, aten.max.dim: torch.max,
     aten.cat.default: torch.cat, aten.flatten.using_ints: torch.flatten,
     aten.reshape.default: torch.reshape, aten.transpose.int: torch.transpose,
     aten.permute.default: torch.permute, aten.unsqueeze.default: torch.unsqueeze,
@@ -87,8 +92,8 @@ def _register_aten() -> None:
                      aten._unsafe_view.default, aten.unflatten.int, aten.narrow.default,
                      aten.squeeze.default, aten.movedim.int, aten.index_select.default):
         register_op(overload, "movement")
-    for overload in (aten.to.dtype, aten.type_as.default, aten.lift_fresh_copy.default,
-                     aten.detach.default):
+    for overload in (aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.type_as.default,
+                     aten.lift_fresh_copy.default, aten.detach.default):
         register_op(overload, "passthrough", sign="same")
     register_op(aten.rsub.Scalar, "passthrough")  # c - x, the tensor first
     register_op(aten.im2col.default, "movement")
@@ -240,8 +245,10 @@ def _decompose_attention(graph: fx.Graph) -> None:
             if given.get("is_causal"):
                 causal = torch.ones(q_shape[-2], k_shape[-2], dtype=torch.bool).tril()
                 scores = add(aten.add.Tensor, scores, add(_additive_on, causal, scores))
-            if mask is not None:
+            if mask is not None and mask.meta["val"].dtype == torch.bool:
                 scores = add(aten.add.Tensor, scores, add(additive_mask, mask, q.meta["val"].dtype))
+            elif mask is not None:  # a float bias (SAM's relative positions, from q): added
+                scores = add(aten.add.Tensor, scores, mask)
             weights = add(aten.softmax.int, scores, -1)
             out = add(aten.matmul.default, weights, v)
         node.replace_all_uses_with(out)

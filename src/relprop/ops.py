@@ -508,6 +508,9 @@ for _name in ("mean", "amax", "sum"):  # a sum over dims: a linear map of weight
 # x ⊙ ∂z/∂x · R/z conserves there too (Euler): R_j = R · x_j² / Σ x_k².
 for _f in (torch.norm, torch.linalg.vector_norm):
     _function(_f)(_pool(_f))
+# fold (col2im) sums overlapping patches into the image: a sum of its inputs, the z-rule.
+_function(F.fold)(_pool(F.fold))
+_module(nn.Fold)(lambda m, a, k: Normalised("pool", m, (a[0],), {}, "same"))
 _function("norm")(_pool(torch.Tensor.norm))
 
 # Casts and copies to another dtype pass relevance unchanged.
@@ -580,7 +583,8 @@ if _tv_ops is not None:  # Swin's patch merging: 2x2 neighbours side by side (pa
 # Calls that return a tuple of pieces of one tensor; each piece used (``pieces[i]``) becomes a
 # movement op of its own that cuts that piece from the tensor (rap-spec §8.4).
 _TUPLE_CALLS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split, "chunk", "split",
-                "unbind", "tensor_split"}
+                "unbind", "tensor_split", torch.max, "max", torch.min, "min"}  # max(x, dim):
+# (values, indices); the values' piece routes relevance to the winner, as max pooling
 
 
 def is_tuple_call(kind: str, target) -> bool:
@@ -604,12 +608,18 @@ class _Piece:
         return self.fn(*args, **kwargs)[self.index]
 
 
+def copying_pad(x, pad, mode):
+    """``F.pad`` with a mode that copies pixels (reflect, replicate, circular): a movement whose
+    copies sum their relevance back onto the pixel copied (no entry comes from nowhere)."""
+    return F.pad(x, pad, mode=mode)
+
+
 @_function(F.pad)
 def _pad(args, kwargs):
     b = _bind(args, kwargs, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
     if b["mode"] != "constant":
-        raise UnsupportedCall(f"F.pad(mode='{b['mode']}') copies pixels; only constant padding "
-                           "is supported")
+        return Normalised("movement", copying_pad, (b["input"], b["pad"]), {"mode": b["mode"]},
+                          "same")
     return Normalised("movement", F.pad, (b["input"], b["pad"]), {"value": b["value"] or 0.0},
                       "same" if not b["value"] else "any")
 
@@ -638,7 +648,10 @@ _function(operator.neg, torch.neg, "neg", "__neg__")(_elementwise(torch.neg, "an
 for _f, _name, _sign in ((torch.sqrt, "sqrt", "nonneg"), (torch.rsqrt, "rsqrt", "nonneg"),
                          (torch.exp, "exp", "nonneg"), (torch.abs, "abs", "nonneg"),
                          (torch.reciprocal, "reciprocal", "any"), (torch.square, "square",
-                                                                   "nonneg")):
+                                                                   "nonneg"),
+                         (torch.clamp, "clamp", "any"), (torch.clip, "clip", "any"),
+                         (torch.clamp_min, "clamp_min", "any"),
+                         (torch.clamp_max, "clamp_max", "any")):
     _function(_f, _name)(_activation(_f, _sign))
 
 
