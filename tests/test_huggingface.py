@@ -99,7 +99,10 @@ def test_weights_changed_in_place_are_seen():
 def test_layer_by_module_path():
     model = hf_models.build("vit").double()
     x = _x()
-    e = relprop.explain(model, x, method="rap", layer="vit.encoder.layer.1")
+    # the second block: vit.encoder.layer.1 in transformers 4, vit.layers.1 in 5
+    block = next(name for name, _ in model.named_modules()
+                 if name.endswith(("encoder.layer.1", "vit.layers.1")))
+    e = relprop.explain(model, x, method="rap", layer=block)
     assert e.relevance.shape[0] == 2 and torch.isfinite(e.relevance).all()
     with pytest.raises(ValueError, match="neither a module path"):
         relprop.explain(model, x, method="rap", layer="vit.no_such_block")
