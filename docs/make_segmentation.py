@@ -57,7 +57,7 @@ def train(epochs=4, per_epoch=2000, batch=32) -> nn.Module:
     torch.manual_seed(0)
     model = FCN()
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    steps = epochs * per_epoch // batch
+    steps = epochs * len(range(0, per_epoch, batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 2e-3, total_steps=steps)
     weight = torch.tensor([0.2, 1, 1, 1, 1])  # the background covers most pixels
     model.train()
