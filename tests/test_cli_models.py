@@ -132,3 +132,27 @@ def test_every_torchvision_builder_is_a_command_line_model(capsys):
                  "deeplabv3_mobilenet_v3_large", "regnet_y_400mf", "vgg16", "hf:NAME_OR_PATH",
                  "timm:NAME"):
         assert name in listed, name
+
+
+@pytest.mark.slow
+def test_serve_explains_a_segmenter_over_the_class_region(lraspp_weights):
+    """relprop serve with a segmentation model: the class asked for, over its predicted pixels,
+    conserving; the picture outlines the region."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from relprop import serve
+    model = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None,
+                                         weights_backbone=None)
+    model.load_state_dict(torch.load(lraspp_weights))
+    spec = models.spec("lraspp_mobilenet_v3_large")
+    app = serve.create_app(spec.name, model.eval(), spec.preprocess(), spec.class_names())
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+                    ).save(buffer, "PNG")
+    answer = TestClient(app).post(
+        "/api/explain", files={"image": ("a.png", buffer.getvalue(), "image/png")},
+        data={"method": "rap-stable", "target": "cat"}).json()
+    assert answer["target"] == {"index": 8, "name": "cat"}
+    assert abs(answer["delta"]) <= 1e-3 * max(1, abs(answer["score"]))

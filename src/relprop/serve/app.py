@@ -161,11 +161,15 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
             exclusive = api.explainer(model, method).exclusive(layer)
             with lock.held(exclusive), prepare.out_of_memory(
                     f"explaining one image on {device}", "serve with --device cpu"):
-                e = api.explain(model, x, index, method, layer=layer)
+                # a segmenter explains the class over its predicted pixels (rap-spec §9.1)
+                target = prepare.region(None, spec.kind, index, class_names, spec.input_size)
+                e = api.explain(model, x, target, method, layer=layer)
         except prepare.OutOfMemory as error:
             raise Refused(error.phrased(""), 503) from None
         except (ValueError, UnsupportedOperation, UntraceableModel) as error:
             raise Refused(str(error)) from None
+        if hasattr(target, "mask"):  # the region the map explains, outlined on the picture
+            view = plot.outline(view, target.mask(e.logits, e.target)[0].cpu().numpy())
         return _answer(e, view, class_names, model_name, method, layer, sign, opacity,
                        relevance)
 
