@@ -110,13 +110,16 @@ def hf_models(limit):
 
 def _shrunk(config):
     """Two layers per stack or stage, so that base-width models build and run in seconds."""
-    for key in ("num_hidden_layers", "num_layers", "encoder_layers"):
-        if isinstance(getattr(config, key, None), int):
-            setattr(config, key, min(2, getattr(config, key)))
+    staged = False
     for key in ("depths", "layer_depths", "stage_depths"):
         value = getattr(config, key, None)
         if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
             setattr(config, key, [min(1, v) for v in value])
+            staged = True
+    for key in () if staged else ("num_hidden_layers", "num_layers", "encoder_layers"):
+        # (a staged config's layer count is its stages': left as it is)
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, min(2, getattr(config, key)))
     for sub in ("vision_config", "backbone_config"):
         if getattr(config, sub, None) is not None:
             _shrunk(getattr(config, sub))
@@ -159,7 +162,29 @@ def _no_zero_layers(model):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.02)
 
 
-def measure(name, kind, build) -> dict:
+class TimedOut(Exception):
+    pass
+
+
+def measure(name, kind, build, limit_s: int = 300) -> dict:
+    """One model's row, given at most ``limit_s`` seconds (a model that takes longer on this
+    machine is recorded as timed out, not waited for)."""
+    import signal
+
+    def expire(*_):
+        raise TimedOut(f"more than {limit_s} s on this machine")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(limit_s)
+    try:
+        return _measure(name, kind, build)
+    except TimedOut as e:
+        return {"model": name, "kind": kind, "status": "timed out", "reason": str(e)}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _measure(name, kind, build) -> dict:
     import relprop
     row = {"model": name, "kind": kind}
     try:
