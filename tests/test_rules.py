@@ -547,3 +547,28 @@ def test_a_quotient_of_two_signals_gives_the_numerator_everything():
     (share,) = common.pool(norm, t(10.0).view(1, 1),
                            run_with({"x": v, "y": v.norm(dim=1, keepdim=True)}))
     assert torch.allclose(share, t(3.6, 6.4).view(1, 2))  # 10 * (9, 16) / 25
+
+
+@pytest.mark.parametrize("method", ["rap", "rap-stable"])
+def test_relevance_through_a_2_norm_of_a_signed_tensor_conserves(method):
+    """ConvNeXt-V2's global response normalisation multiplies x by a function of its 2-norm, so
+    relevance reaches the norm of a signed tensor: rap-stable's stabilised z-rule, which holds
+    for linear maps only, lost 4e-7 of the score there; the norm takes the plain z-rule."""
+    import torch.nn as nn
+
+    import relprop
+
+    class ResponseNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc((h * torch.linalg.vector_norm(h, dim=(2, 3), keepdim=True)).flatten(1))
+
+    torch.manual_seed(0)
+    model = ResponseNorm().double().eval()
+    x = torch.randn(3, 3, 4, 4, dtype=D)
+    e = relprop.explain(model, x, method=method)
+    assert (e.delta.abs() <= 1e-12 * e.score.abs().clamp(min=1)).all(), e.delta

@@ -54,6 +54,17 @@ _MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool2d, to
                   torch.Tensor.amax}
 
 
+_NORMS = {torch.norm, torch.linalg.vector_norm, torch.Tensor.norm}
+
+
+def is_linear_pool(op) -> bool:
+    """Whether a pooling op is linear in its input (average pooling, means, sums, resampling),
+    where §7.5's stabilised z-rule conserves; max pooling and the 2-norm are positively
+    homogeneous only, where the plain z-rule does (by Euler's theorem)."""
+    fn = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
+    return not is_max_pool(op) and fn not in _NORMS
+
+
 def is_max_pool(op) -> bool:
     fn = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
     return isinstance(fn, _MAX_POOLS) or fn in _MAX_FUNCTIONS

@@ -15,7 +15,7 @@ from ..analysis import after_output_layers, output_layers as find_output_layers
 from ..ir import Ref, resolve
 from ..ops import SIGNED_RESAMPLING, pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
-from .common import factor_vjps, input_vjp, is_max_pool, matmul as common_matmul
+from .common import factor_vjps, input_vjp, is_linear_pool, is_max_pool, matmul as common_matmul
 from .common import flat_where_zero, movement as route, pool as route_pool, weight_and_signal
 from .algebra import lin, lin_t, pair_join, pair_views, sample_sum, sdiv, sign_pair, split_pair
 
@@ -290,8 +290,9 @@ def pool(op, relevance, run):
                dtypes=WITH_BFLOAT16)
 def stable_pool(op, relevance, run):
     """§9.2 in ``rap-stable``: an average of a signed input takes the stabilised z-rule of §7.5
-    (an average of non-negative inputs is the same rule as ``rap``'s, computed as that)."""
-    if is_max_pool(op) or op.input_nonneg:
+    (an average of non-negative inputs is the same rule as ``rap``'s, computed as that; a max
+    or a 2-norm, which are not linear, take ``rap``'s rule)."""
+    if not is_linear_pool(op) or op.input_nonneg:
         return pool(op, relevance, run)
     return (positive_map(op, relevance, run, run.options["epsilon"]),)
 
