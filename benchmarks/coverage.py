@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -32,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TOLERANCE = 1e-9
+MAX_PARAMETERS = int(os.environ.get("RELPROP_COVERAGE_MAX_PARAMETERS", 250e6))
 SMALL = ("test_", "atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s_", "mobile",
          "b0", "_t_", "_t", "18", "lite")
 
@@ -193,6 +195,11 @@ def _measure(name, kind, build) -> dict:
         row.update(status="not built", reason=f"{type(e).__name__}: {str(e)[:200]}")
         return row
     row["built"] = getattr(model, "relprop_name", name.split(":")[-1])
+    row["parameters"] = sum(p.numel() for p in model.parameters())
+    if row["parameters"] > MAX_PARAMETERS:
+        row.update(status="too large", reason=f"{row['parameters'] / 1e6:.0f}M parameters: its "
+                   "float64 check needs more memory than this machine spares beside other work")
+        return row
     model.eval()
     _no_zero_layers(model)
     torch.manual_seed(0)
