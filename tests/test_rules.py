@@ -162,7 +162,7 @@ def test_hidden_conv_matches_independent_formula(cfg, signed):
     g, kw, x, w = random_conv(cfg, 9, 0, signed)
     out = F.conv2d(x, w, None, **kw)
     r = torch.randn(out.shape, generator=g, dtype=D) * (out.abs() > 0.3)
-    op = make_op("conv", kwargs=kw, input_nonneg=not signed)
+    op = make_op("conv", F.conv2d, kwargs=kw, input_nonneg=not signed)
     ours = rap.hidden_layer(op, x, w, r)
 
     def lin(a, b):
@@ -253,7 +253,7 @@ def test_output_layer_matches_matrix_form(cfg, signed):
     # engine starts it: the rule normalises each image to Σd·score.
     d[0, 1], d[1, 2] = 1 / out[0, 0].numel(), 1 / out[0, 0].numel()
     score = (out * d).sum((1, 2, 3))
-    op = make_op("conv", kwargs=kw, input_nonneg=not signed)
+    op = make_op("conv", F.conv2d, kwargs=kw, input_nonneg=not signed)
     ours = rap.output_layer(op, x, w, b, d, score)
     for i in range(2):
         expected = output_rule_matrix(x[i], w, b, d[i], score[i], kw)
@@ -280,7 +280,7 @@ def test_input_layer_matches_matrix_form(cfg, explicit_pad):
     # (in §4 and §7.3 alike); the conservation check below is for outputs that see the image.
     sees_image = F.conv2d(support, torch.ones_like(w), None, **kw) > 0
     r = torch.randn(out.shape, generator=g, dtype=D) * sees_image
-    op = make_op("conv", kwargs=kw)
+    op = make_op("conv", F.conv2d, kwargs=kw)
     ours = rap.input_layer(op, x, w, r, explicit_pad)
     for i in range(2):
         expected = input_rule_matrix(x[i], w, r[i], kw, support[0])
