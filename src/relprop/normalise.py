@@ -199,6 +199,22 @@ def _normalise_node(node, root, args, kwargs) -> Normalised | None:
     return normalise_call(node.op, node.target, module, args, kwargs)
 
 
+def _through_second_operand(op: Op, status: dict, fn, suffix: str, what: str, kind: str,
+                            combine, gate: bool = False) -> Op:
+    """Rewrite ``op`` (``a - b``, ``a / b`` of two signals) as ``combine(a, fn(b))`` of
+    ``kind``, with ``fn(b)`` an elementwise op of its own (a gate where ``gate``); returns that
+    new op, which goes before ``op`` in the graph."""
+    second = op.args[1]
+    made = Op(f"{op.name}_{suffix}", "passthrough", fn, (second,), {}, (second.name,),
+              f"the {what} of {op.source}'s second operand", op.module_path, sign="any",
+              gate=gate)
+    status[made.name] = made.kind
+    op.kind, op.sign, op.fn = kind, "any", combine
+    op.args = (op.args[0], Ref(made.name))
+    op.inputs = tuple(dict.fromkeys((op.args[0].name, made.name)))
+    return made
+
+
 def _prune(ops: list[Op], output: str) -> list[Op]:
     """Resolve arithmetic now that the status of every operand is known; drop dead ops."""
     status = {}
@@ -213,27 +229,15 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
                 op.kind, op.sign = "add", "same"
             elif op.fn is torch.sub and len(tensors) == 2:
                 # rap-spec §9.3: a - b is the sum a + (-b); -b passes relevance unchanged.
-                negated = Op(f"{op.name}_negated", "passthrough", torch.neg, (op.args[1],), {},
-                             (op.args[1].name,), f"the negation of {op.source}'s second operand",
-                             op.module_path, sign="any")
-                resolved.append(negated)
-                status[negated.name] = negated.kind
-                op.kind, op.sign, op.fn = "add", "any", torch.add
-                op.args = (op.args[0], Ref(negated.name))
-                op.inputs = tuple(dict.fromkeys((op.args[0].name, negated.name)))
+                resolved.append(_through_second_operand(op, status, torch.neg, "negated",
+                                                        "negation", "add", torch.add))
             elif op.fn is torch.div and len(tensors) == 2:
                 # a / b: a rescaled by the weight 1/b (a normalisation, x / ||x||; ConViT's
                 # attn / attn.sum()): the denominator is a gate (rap-spec §8.2, §8.3: the scale
                 # is held constant), all relevance to the numerator.
-                reciprocal = Op(f"{op.name}_reciprocal", "passthrough", torch.reciprocal,
-                                (op.args[1],), {}, (op.args[1].name,),
-                                f"the reciprocal of {op.source}'s denominator", op.module_path,
-                                sign="any", gate=True)
-                resolved.append(reciprocal)
-                status[reciprocal.name] = reciprocal.kind
-                op.kind, op.sign, op.fn = "product", "any", torch.mul
-                op.args = (op.args[0], Ref(reciprocal.name))
-                op.inputs = tuple(dict.fromkeys((op.args[0].name, reciprocal.name)))
+                resolved.append(_through_second_operand(op, status, torch.reciprocal,
+                                                        "reciprocal", "reciprocal", "product",
+                                                        torch.mul, gate=True))
             elif op.fn is torch.mul and len(tensors) == 2:
                 op.kind, op.sign = "product", "any"
                 op.inputs = tuple(dict.fromkeys(t.name for t in tensors))
