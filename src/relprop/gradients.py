@@ -90,8 +90,8 @@ class CaptumExplainer(Explainer):
     def _attribute(self, call: Call) -> torch.Tensor:
         f = Scored(self.recipe.wrap(call.model, call.layer), call.function)
         extra = None if call.function is not None else (call.weights,)
-        layer = None if call.layer is None else _submodule(f.model, call.model, call.layer,
-                                                             self.method)
+        # the layer in the module Captum runs (DeepLift's copy calls it whole)
+        layer = None if call.layer is None else f.model.get_submodule(call.layer)
         with torch.enable_grad(), warnings.catch_warnings():
             # Captum announces the hooks it sets and removes; relprop says what it computes.
             warnings.filterwarnings("ignore", message=".*(hooks|require gradients)",
@@ -123,13 +123,6 @@ class Scored(nn.Module):
         y = main_output(self.model(x))
         score = self.function(y) if weights is None else (weights * y).flatten(1).sum(1)
         return score.reshape(-1, 1)
-
-
-def _submodule(runs: nn.Module, model: nn.Module, layer: str, method: str) -> nn.Module:
-    """``layer`` in the module Captum runs (``runs``): the user's module, or where that is a
-    torch.fx copy of the model (DeepLift), the copy's module at that path, which the copy calls
-    whole (see :func:`one_relu_per_call`)."""
-    return runs.get_submodule(layer)
 
 
 def _gradient(f, x, extra, opts, layer):
