@@ -206,9 +206,7 @@ def examples(explainers: dict, items, read, truth, loaded, device, path) -> None
 
 def run(args) -> int:
     """The paper's checks of every chosen method on a data set; sharded under torchrun."""
-    from ..evaluate import report
-    from ..evaluate.run import (METRICS, PERTURBATION_ORDERS, Data, Settings, mean_curves,
-                               measure, start_processes, summarise, world)
+    from ..evaluate.run import METRICS, PERTURBATION_ORDERS, Settings, processes
     chosen = method_choice(args.methods)
     known = synthetic_set(args)  # a set with known evidence, or None
     default_metrics = ["perturbation", "stability"] + (
@@ -237,7 +235,14 @@ def run(args) -> int:
                         forward_batch_size=args.forward_batch_size)
     with phrased():
         device = prepare.device(args.device)
-    start_processes(device.type)
+    with processes(device.type):
+        return _run_in_processes(args, chosen, known, metrics, settings, device)
+
+
+def _run_in_processes(args, chosen, known, metrics, settings, device) -> int:
+    """``run`` from the point every process of the run has joined the group."""
+    from ..evaluate import report
+    from ..evaluate.run import Data, mean_curves, measure, summarise, world
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     rank, size = world()

@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,10 +103,19 @@ PROGRESS_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} "
                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
 
-def start_processes(device_type: str) -> None:
-    """Join torchrun's process group (its environment says so), once."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+@contextmanager
+def processes(device_type: str):
+    """torchrun's process group (its environment says so) for the run, left at its end: a gloo
+    process that exits still in its group can abort as it exits (seen in CI: "terminate called
+    without an active exception", exit -6, after every figure was written)."""
+    joined = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def measure(model, explainers: dict, data: Data, settings: Settings, device,
