@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .decompositions import additive_mask
 from .errors import UntraceableModel
-from .ops import normaliser_of, register_alias, register_meta, register_normaliser, register_op
+from .ops import (keeps_precision, normaliser_of, register_alias, register_meta,
+                  register_normaliser, register_op)
 
 aten = torch.ops.aten
 
@@ -58,7 +59,7 @@ SAME_AS = {
     aten.pad.default: F.pad, aten.conv2d.padding: F.conv2d, aten.conv1d.padding: F.conv1d,
     aten.col2im.default: F.fold, aten.max.dim: torch.max,
     aten.cat.default: torch.cat, aten.flatten.using_ints: torch.flatten,
-    aten.reshape.default: torch.reshape, aten.transpose.int: torch.transpose,
+    aten.reshape.default: torch.reshape, aten._unsafe_view.default: torch.reshape, aten.transpose.int: torch.transpose,
     aten.permute.default: torch.permute, aten.unsqueeze.default: torch.unsqueeze,
     aten.squeeze.dim: torch.squeeze, aten.roll.default: torch.roll,
     aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
@@ -90,14 +91,23 @@ def _register_aten() -> None:
     for overload, same in SAME_AS.items():
         register_alias(overload, same)
     for overload in (aten.select.int, aten.slice.Tensor, aten.alias.default, aten.t.default,
-                     aten._unsafe_view.default, aten.unflatten.int, aten.narrow.default,
+                     aten.unflatten.int, aten.narrow.default,
                      aten.squeeze.default, aten.movedim.int, aten.index_select.default):
         register_op(overload, "movement")
     for overload in (aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.type_as.default,
-                     aten.lift_fresh_copy.default, aten.detach.default):
+                     aten._to_copy.default):
+        cast = keeps_precision(overload)
+        register_op(cast, "passthrough", sign="same")
+        register_alias(overload, cast)
+    for overload in (aten.lift_fresh_copy.default, aten.detach.default):
         register_op(overload, "passthrough", sign="same")
     register_op(aten.rsub.Scalar, "passthrough")  # c - x, the tensor first
     register_op(aten.im2col.default, "movement")
+    # a functional write: the source routed into the tensor's positions it overwrites
+    register_op(copy_into, "movement")
+    register_alias(aten.copy.default, copy_into)
+    for overload in (aten.slice_scatter.default, aten.select_scatter.default):
+        register_op(overload, "movement")
     register_op(aten.adaptive_avg_pool1d.default, "pool")
     # The norms' trailing cudnn_enable flag is no argument of their functional form.
     register_normaliser(aten.layer_norm.default, _first(5, normaliser_of(F.layer_norm)))
@@ -109,6 +119,12 @@ def _register_aten() -> None:
                            (aten.upsample_nearest2d.vec, "nearest")):
         register_normaliser(overload, _upsample(mode))
     register_meta(_additive_on)
+
+
+def copy_into(base: torch.Tensor, source: torch.Tensor, non_blocking: bool = False):
+    """``aten.copy(base, source)``, the functional form of ``base.copy_(source)``: ``source``
+    in ``base``'s shape and dtype (ATen's own copy has no derivative, which routing needs)."""
+    return source.to(dtype=base.dtype, device=base.device).expand(base.shape)
 
 
 def _first(n, normaliser):
@@ -161,6 +177,9 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
             f"of shape {tuple(x.shape)}: {type(e).__name__}: {_first_line(e)}. relprop needs a "
             "forward that runs without data-dependent Python control flow on these inputs"
         ) from e
+    if _writes_into_views(program.graph):
+        with _EXPORT_LOCK, _quiet():
+            program = program.run_decompositions({})  # functional: copies become scatters
     graph = program.graph_module.graph  # the program's own copy: ours to rewrite
     signature = program.graph_signature
     named = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
@@ -176,9 +195,20 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
             graph.erase_node(node)
         elif node.name in lifted:
             constants[node.name] = program.constants[lifted[node.name]]
+    _inline_regions(graph, program.graph_module)
     _decompose_attention(graph)
     _drop_checks(graph)
     return graph, constants
+
+
+def _writes_into_views(graph: fx.Graph) -> bool:
+    """Whether the forward writes into a tensor in place by an op relprop does not read as its
+    out-of-place form (``attn[:, :, 1:] = ...``, a ``copy_`` into a view: MViTv2). Such a graph
+    is made functional, where the write is a ``copy`` or ``slice_scatter`` that returns the new
+    tensor, which the rules can route."""
+    return any(node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+               and node.target._schema.is_mutable and node.target not in SAME_AS
+               for node in graph.nodes)
 
 
 def _first_line(e: Exception) -> str:
@@ -207,6 +237,43 @@ class _quiet:
         self.stderr.__exit__(*exc)
         for logger, level in self.saved:
             logger.setLevel(level)
+
+
+def _region_operators() -> dict:
+    """Export's wrappers of a region of the forward that runs under another mode, with the
+    position of the region's graph in their arguments: ``torch.autocast`` (its dtype),
+    ``torch.set_grad_enabled``."""
+    found = {}
+    for name, position in (("wrap_with_autocast", 4), ("wrap_with_set_grad_enabled", 1)):
+        operator = getattr(torch.ops.higher_order, name, None)
+        if operator is not None:
+            found[operator] = position
+    return found
+
+
+def _inline_regions(graph: fx.Graph, owner: nn.Module) -> None:
+    """Autocast and grad-mode regions as the ops they wrap. relprop explains in the dtype the
+    user runs the model in, so a region that would run in bfloat16 under autocast (or that
+    keeps a norm in float32 against it, as EfficientViT's attention does) computes the same
+    function here; grad modes do not change values."""
+    regions = _region_operators()
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in regions:
+            continue
+        position = regions[node.target]
+        body = getattr(owner, node.args[position].target).graph
+        inputs = [n for n in body.nodes if n.op == "placeholder"]
+        with graph.inserting_before(node):
+            outputs = graph.graph_copy(body, dict(zip(inputs, node.args[position + 1:])))
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        for user in list(node.users):  # getitem(region, i)
+            user.replace_all_uses_with(outputs[user.args[1]])
+            graph.erase_node(user)
+        graph.erase_node(node)
+    for node in list(graph.nodes):  # the regions' graphs, now unused
+        if node.op == "get_attr" and not node.users and isinstance(
+                getattr(owner, node.target, None), fx.GraphModule):
+            graph.erase_node(node)
 
 
 def _drop_checks(graph: fx.Graph) -> None:

@@ -207,6 +207,22 @@ def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_b
     return x[:, :H, :W, :].contiguous()
 
 
+# --------------------------------------------------------------------------- fused arithmetic
+def addcmul(input, tensor1, tensor2, *, value=1):
+    """``input + value · tensor1 · tensor2`` (ConvNeXt-V2's and CSATv2's response norm, fused
+    for speed): the sum and the products the rules know."""
+    return input + tensor1 * tensor2 * value
+
+
+def addcdiv(input, tensor1, tensor2, *, value=1):
+    """``input + value · tensor1 / tensor2``."""
+    return input + tensor1 / tensor2 * value
+
+
+register_decomposition(torch.addcmul, addcmul)
+register_decomposition(torch.addcdiv, addcdiv)
+
+
 try:
     from torchvision.models import swin_transformer as _swin
     register_decomposition(_swin.shifted_window_attention, shifted_window_attention)

@@ -257,13 +257,17 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
         elif op.kind == "matmul":
             tensors = [a for a in op.args if isinstance(a, Ref) and status.get(a.name) not in
                        ("meta", "constant")]
-            if len(tensors) == 1 and op.fn is torch.matmul:
+            einsum = isinstance(op.fn, vocabulary.Einsum)
+            if len(tensors) == 1 and (op.fn is torch.matmul or einsum) and "->" in \
+                    getattr(op.fn, "equation", "->"):
                 # x @ C with a constant C (relative-position tables on attention's query side):
                 # a linear map of fixed weights, given the pooling z-rule (rap-spec §9.2's
                 # z-rule, which conserves with weights of either sign); the tensor first.
                 op.kind, op.sign = "pool", "any"
                 if op.args[0] != tensors[0]:
-                    op.fn, op.args = vocabulary.reversed_operands(torch.matmul), op.args[::-1]
+                    op.fn = op.fn.swapped() if einsum else \
+                        vocabulary.reversed_operands(torch.matmul)
+                    op.args = op.args[::-1]
                 op.inputs = (tensors[0].name,)
             elif len(tensors) != 2:
                 raise UnsupportedOperation(

@@ -463,6 +463,18 @@ class Einsum:
     def __repr__(self):
         return f"einsum('{self.equation}')"
 
+    def __eq__(self, other):
+        return isinstance(other, Einsum) and other.equation == self.equation
+
+    def __hash__(self):
+        return hash(self.equation)
+
+    def swapped(self) -> Einsum:
+        """The same product with its operands given the other way round."""
+        inputs, output = self.equation.replace(" ", "").split("->")
+        first, second = inputs.split(",")
+        return Einsum(f"{second},{first}->{output}")
+
 
 @_function(torch.einsum, torch.functional.einsum)
 def _einsum(args, kwargs):
@@ -513,9 +525,22 @@ _function(F.fold)(_pool(F.fold))
 _module(nn.Fold)(lambda m, a, k: Normalised("pool", m, (a[0],), {}, "same"))
 _function("norm")(_pool(torch.Tensor.norm))
 
+def keeps_precision(cast):
+    """A cast that moves a signal to another device but keeps its floating dtype: relprop
+    explains in the dtype the user runs the model in, so a region the model runs in float32
+    (EfficientViT's attention under ``.float()``) computes the same function in float64, where
+    rounding it would break Σ R = score and mix dtypes in the rules."""
+    def cast_keeping_precision(x, *args, **kwargs):
+        out = cast(x, *args, **kwargs)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and out.is_floating_point():
+            return x if out.device == x.device else x.to(out.device)
+        return out
+    return cast_keeping_precision
+
+
 # Casts and copies to another dtype pass relevance unchanged.
 for _name in ("float", "double", "half", "bfloat16", "to", "type_as", "type"):
-    _function(_name)(_activation(getattr(torch.Tensor, _name), "same"))
+    _function(_name)(_activation(keeps_precision(getattr(torch.Tensor, _name)), "same"))
 
 
 # rap-spec §9.2: resampling is a linear map with weights fixed by the sizes; nearest, (bi)linear
