@@ -1,7 +1,7 @@
 """Forms of a forward that real models use and the capture must read exactly: a region under
 ``torch.autocast`` or ``.float()`` (EfficientViT), a write into a slice of a tensor (MViTv2's
 relative positions), a product with a constant table by ``einsum``, a fused ``addcmul``
-(ConvNeXt-V2's response norm). Each model is small and seeded; each is checked for Σ R = score
+(ConvNeXt-V2's response norm), a named piece of a tuple (``.max(dim).values``, Hiera). Each model is small and seeded; each is checked for Σ R = score
 in float64 by ``rap`` and ``rap-stable``, and against the model's own logits."""
 import pytest
 import torch
@@ -90,12 +90,26 @@ class FusedResponseNorm(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))
 
 
+class MaxByName(nn.Module):
+    """Hiera's mask-unit pooling: ``x.max(dim).values``, the piece taken by its name."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.proj = nn.Linear(6, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.proj(x)).max(dim=1).values)
+
+
 def _cases():
     return {"autocast": (UnderAutocast(), torch.randn(2, 3, 8, 8)),
             "slice write": (WritesIntoASlice(), torch.randn(2, 3, 8, 8)),
             "einsum, signal first": (EinsumWithATable(True), torch.randn(2, 10, 6)),
             "einsum, table first": (EinsumWithATable(False), torch.randn(2, 10, 6)),
-            "addcmul": (FusedResponseNorm(), torch.randn(2, 3, 8, 8))}
+            "addcmul": (FusedResponseNorm(), torch.randn(2, 3, 8, 8)),
+            "max(dim).values": (MaxByName(), torch.randn(2, 10, 6))}
 
 
 @pytest.mark.parametrize("case", list(_cases()))
@@ -117,7 +131,7 @@ def test_size_branches_go_through_export_and_tables_through_fx():
     cases = _cases()
     for name in ("autocast", "slice write"):
         assert needs_example(cases[name][0]), name
-    for name in ("einsum, signal first", "addcmul"):
+    for name in ("einsum, signal first", "addcmul", "max(dim).values"):
         assert not needs_example(cases[name][0]), name
 
 

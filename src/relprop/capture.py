@@ -66,7 +66,10 @@ SAME_AS = {
     aten.split_with_sizes.default: torch.split,
     aten.linalg_vector_norm.default: torch.linalg.vector_norm,
     aten.unbind.int: torch.unbind,
-    aten.view.default: "view", aten.expand.default: "expand", aten.contiguous.default: "contiguous",
+    # a view as a reshape: the same values, also where relprop's forward hands it a
+    # non-contiguous tensor that the model's own kernels had laid out contiguously
+    # (Data2Vec-Vision's relative position bias)
+    aten.view.default: torch.reshape, aten.expand.default: "expand", aten.contiguous.default: "contiguous",
     aten.clone.default: "clone", aten.expand_as.default: "expand_as",
     aten.reshape_as.default: "reshape_as", aten.neg.default: torch.neg, aten.pow.Tensor_Scalar: torch.pow,
     aten.sum.dim_IntList: torch.sum, aten.stack.default: torch.stack,

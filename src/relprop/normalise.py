@@ -162,13 +162,19 @@ def _main_output_node(out):
     return out
 
 
+_NAMED_PIECES = {"values": 0, "indices": 1}  # torch.return_types of max, min, sort, topk ...
+
+
 def _piece_of(node: fx.Node, root: nn.Module, args, kwargs, pieces: dict, status: dict
               ) -> Normalised:
-    """``pieces[i]`` of a tuple call (``x.chunk(2)[1]``) as a movement op on the tensor."""
+    """``pieces[i]`` of a tuple call (``x.chunk(2)[1]``) as a movement op on the tensor; a
+    named piece (``x.max(dim).values``) by its place."""
     source = args[0] if args and isinstance(args[0], Ref) else None
     index = args[1] if len(args) > 1 else None
-    if node.op != "call_function" or node.target is not operator.getitem or source is None \
-            or source.name not in pieces or not isinstance(index, int):
+    if node.target is getattr and isinstance(index, str):
+        index = _NAMED_PIECES.get(index)
+    if node.op != "call_function" or node.target not in (operator.getitem, getattr) \
+            or source is None or source.name not in pieces or not isinstance(index, int):
         used = next(r for r in ref_names((args, kwargs)) if status[r] == "pieces")
         raise UnsupportedOperation(
             _describe(node, root), node.name, _module_path(node), reason=f"it takes the tuple that '{pieces[used][4]}' returned "
