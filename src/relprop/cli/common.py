@@ -50,7 +50,8 @@ def model_options(p, device_help="") -> None:
                         "hf:NAME_OR_PATH for a Hugging Face image classifier or segmenter "
                         f"(default: {models.DEFAULT}, or {models.FALLBACK} when its weights "
                         "cannot be had)")
-    p.add_argument("--weights", default=None, help="a checkpoint file for the model")
+    p.add_argument("--weights", default=None, help="a checkpoint file for the model (synthetic-cnn, synthetic-vit: "
+                        "or the synthetic set it was trained on, shapes or shapes-distractor)")
     p.add_argument("--device", default=None,
                    help=f"cpu, cuda, cuda:1 ... (default: cuda if available{device_help})")
 

@@ -116,20 +116,21 @@ def synthetic_set(args) -> str | None:
 def synthetic_source(name: str, args):
     """The network trained on set ``name`` (once, then from the cache) and the held-out images
     with their known evidence."""
-    arch = {None: "cnn", "synthetic-cnn": "cnn", "synthetic-vit": "vit"}.get(args.model)
-    if arch is None:
+    model_name = args.model or "synthetic-cnn"
+    if model_name not in ("synthetic-cnn", "synthetic-vit"):
         raise Failure(f"--data synthetic:{name} explains the networks relprop trains on it: "
                       "--model synthetic-cnn (the default) or synthetic-vit")
-    model, accuracy = synthetic.trained(name, arch)
-    print(f"relprop: synthetic-{arch} trained on {name}: test accuracy {accuracy:.3f} "
+    with phrased():
+        model, preprocess, class_names = models.load(model_name, name)
+    _, accuracy = synthetic.trained(name, model_name.removeprefix("synthetic-"))  # cached now
+    print(f"relprop: {model_name} trained on {name}: test accuracy {accuracy:.3f} "
           f"(cached in {synthetic.cache_dir()})", file=sys.stderr)
     start = synthetic.EVALUATE_START  # images neither trained nor tested on
     count = args.limit if args.limit is not None else 100
     items = [evaluation_data.Item(i, f"synthetic:{name}/{i}", f"{name}-{i}",
                                   synthetic.sample(name, i).label)
              for i in range(start, start + count)]
-    loaded = prepare.LoadedModel(f"synthetic-{arch}", model, synthetic.preprocess,
-                                 list(synthetic.CLASSES), None)
+    loaded = prepare.LoadedModel(model_name, model, preprocess, class_names, None)
 
     def read(item):
         return synthetic.sample(name, item.index).image
