@@ -1,7 +1,8 @@
 """Forms of a forward that real models use and the capture must read exactly: a region under
 ``torch.autocast`` or ``.float()`` (EfficientViT), a write into a slice of a tensor (MViTv2's
 relative positions), a product with a constant table by ``einsum``, a fused ``addcmul``
-(ConvNeXt-V2's response norm), a named piece of a tuple (``.max(dim).values``, Hiera). Each model is small and seeded; each is checked for Σ R = score
+(ConvNeXt-V2's response norm), a named piece of a tuple (``.max(dim).values``, Hiera), an
+LSTM written out step by step (Sequencer). Each model is small and seeded; each is checked for Σ R = score
 in float64 by ``rap`` and ``rap-stable``, and against the model's own logits."""
 import pytest
 import torch
@@ -103,13 +104,30 @@ class MaxByName(nn.Module):
         return self.fc(torch.relu(self.proj(x)).max(dim=1).values)
 
 
+class Recurrent(nn.Module):
+    """Sequencer's token mixing: a two-layer bidirectional LSTM over the tokens."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        torch.manual_seed(4)
+        self.batch_first = batch_first
+        self.rnn = nn.LSTM(6, 5, num_layers=2, batch_first=batch_first, bidirectional=True)
+        self.fc = nn.Linear(10, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x if self.batch_first else x.transpose(0, 1))
+        return self.fc((y if self.batch_first else y.transpose(0, 1)).mean(1))
+
+
 def _cases():
     return {"autocast": (UnderAutocast(), torch.randn(2, 3, 8, 8)),
             "slice write": (WritesIntoASlice(), torch.randn(2, 3, 8, 8)),
             "einsum, signal first": (EinsumWithATable(True), torch.randn(2, 10, 6)),
             "einsum, table first": (EinsumWithATable(False), torch.randn(2, 10, 6)),
             "addcmul": (FusedResponseNorm(), torch.randn(2, 3, 8, 8)),
-            "max(dim).values": (MaxByName(), torch.randn(2, 10, 6))}
+            "max(dim).values": (MaxByName(), torch.randn(2, 10, 6)),
+            "lstm, batch first": (Recurrent(True), torch.randn(2, 7, 6)),
+            "lstm, time first": (Recurrent(False), torch.randn(2, 7, 6))}
 
 
 @pytest.mark.parametrize("case", list(_cases()))
@@ -129,7 +147,7 @@ def test_size_branches_go_through_export_and_tables_through_fx():
     """The cases above exercise the front end they claim to: the size branch needs an example
     input (torch.export), the einsum and addcmul models trace with fx."""
     cases = _cases()
-    for name in ("autocast", "slice write"):
+    for name in ("autocast", "slice write", "lstm, batch first"):
         assert needs_example(cases[name][0]), name
     for name in ("einsum, signal first", "addcmul", "max(dim).values"):
         assert not needs_example(cases[name][0]), name
@@ -145,8 +163,20 @@ def test_a_float32_region_is_explained_in_the_users_dtype():
     assert abs(e.relevance.sum() - e.score.sum()) <= 1e-12 * max(1, e.score.abs().item())
 
 
+def test_an_lstm_is_left_as_it_was():
+    """Export reports LSTM's refreshed weight list as assigned during export: the module still
+    holds its own parameters, and computes what it did."""
+    model, x = Recurrent(True).eval(), torch.randn(2, 7, 6)
+    before, weights = model(x), list(model.rnn._flat_weights)
+    relprop.explain(model, x, method="rap")
+    assert all(a is b for a, b in zip(model.rnn._flat_weights, weights))
+    assert all(isinstance(w, nn.Parameter) for w in model.rnn._flat_weights)
+    assert torch.equal(model(x), before)
+
+
 def test_the_writes_leave_the_users_tensors_alone():
     model, x = WritesIntoASlice().double().eval(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
     before = x.clone()
     relprop.explain(model, x, method="rap-stable")
     assert torch.equal(x, before)
+

@@ -9,12 +9,17 @@ nothing of torch is patched. The captured graph is specialised to the input's sh
 device, so it is kept per (model, shape, dtype, device) and captured again for another.
 Parameters and buffers are read from the live model at every forward pass (weak references),
 as on the fx path, so in-place edits are always seen.
+
+Beyond the vocabulary: autocast and grad-mode regions are inlined; casts keep the user's
+floating dtype (:func:`relprop.ops.keeps_precision`); a forward that writes into a view is made
+functional first, its writes becoming copies and slice-scatters that the rules route.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import threading
+import warnings
 
 import torch
 import torch.fx as fx
@@ -199,6 +204,7 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
         elif node.name in lifted:
             constants[node.name] = program.constants[lifted[node.name]]
     _inline_regions(graph, program.graph_module)
+    _unroll_lstms(graph)
     _decompose_attention(graph)
     _drop_checks(graph)
     return graph, constants
@@ -233,10 +239,16 @@ class _quiet:
                       for name in self.LOGGERS]
         for logger, _ in self.saved:
             logger.setLevel(logging.CRITICAL)
+        # nn.LSTM refreshes its list of weights in its forward, which export reports as an
+        # attribute assigned during export; the model's own weights are untouched
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned")
         self.stderr = contextlib.redirect_stderr(io.StringIO())
         self.stderr.__enter__()
 
     def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
         self.stderr.__exit__(*exc)
         for logger, level in self.saved:
             logger.setLevel(level)
@@ -323,6 +335,71 @@ def _decompose_attention(graph: fx.Graph) -> None:
             weights = add(aten.softmax.int, scores, -1)
             out = add(aten.matmul.default, weights, v)
         node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+def _unroll_lstms(graph: fx.Graph) -> None:
+    """``nn.LSTM`` as its steps, in the ops the rules know (the LSTM rule of Arras et al., 2017,
+    "signal-take-all"): the gates are sigmoids of linear maps, so each product ``f ⊙ c``,
+    ``i ⊙ g``, ``o ⊙ tanh(c)`` gives all of its relevance to the signal it gates (rap-spec §8.2),
+    and the sums of the cell state and of the gates' two linear maps take the sum's rule.
+    The capture knows the sequence length, so the loop is written out step by step."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.lstm.input:
+            continue
+        x, hx, params, has_biases, layers, _, _, bidirectional, batch_first = node.args[:9]
+        directions = 2 if bidirectional else 1
+        per = 4 if has_biases else 2
+        if len(params) != layers * directions * per:
+            raise UntraceableModel("an LSTM with projections (proj_size > 0) is not supported "
+                                   "yet")
+        shape = x.meta["val"].shape
+        steps, time_dim = (shape[1], 1) if batch_first else (shape[0], 0)
+        meta = {key: node.meta[key] for key in ("nn_module_stack", "stack_trace")
+                if key in node.meta}
+
+        def add(target, *args):
+            new = graph.call_function(target, args)
+            new.meta.update(meta)
+            return new
+
+        finals_h, finals_c = [], []
+        with graph.inserting_before(node):
+            sequence = x
+            for layer in range(layers):
+                outputs = []
+                for direction in range(directions):
+                    k = (layer * directions + direction) * per
+                    w_ih, w_hh = params[k], params[k + 1]
+                    b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
+                    h = add(aten.select.int, hx[0], 0, layer * directions + direction)
+                    c = add(aten.select.int, hx[1], 0, layer * directions + direction)
+                    width = hx[0].meta["val"].shape[-1]
+                    order = range(steps) if direction == 0 else range(steps - 1, -1, -1)
+                    states = {}
+                    for t in order:
+                        x_t = add(aten.select.int, sequence, time_dim, t)
+                        gates = add(aten.add.Tensor, add(aten.linear.default, x_t, w_ih, b_ih),
+                                    add(aten.linear.default, h, w_hh, b_hh))
+                        i, f, g, o = (add(aten.slice.Tensor, gates, -1, j * width,
+                                          (j + 1) * width) for j in range(4))
+                        i, f, o = (add(aten.sigmoid.default, v) for v in (i, f, o))
+                        g = add(aten.tanh.default, g)
+                        c = add(aten.add.Tensor, add(aten.mul.Tensor, f, c),
+                                add(aten.mul.Tensor, i, g))
+                        h = add(aten.mul.Tensor, o, add(aten.tanh.default, c))
+                        states[t] = h
+                    outputs.append(add(aten.stack.default, [states[t] for t in range(steps)],
+                                       time_dim))
+                    finals_h.append(h)
+                    finals_c.append(c)
+                sequence = outputs[0] if directions == 1 else \
+                    add(aten.cat.default, outputs, -1)
+            results = (sequence, add(aten.stack.default, finals_h, 0),
+                       add(aten.stack.default, finals_c, 0))
+        for user in list(node.users):  # getitem(lstm, i)
+            user.replace_all_uses_with(results[user.args[1]])
+            graph.erase_node(user)
         graph.erase_node(node)
 
 

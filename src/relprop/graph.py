@@ -26,6 +26,9 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, entering what :mod:`relprop.decompositions` writes out."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.LSTM):  # its steps depend on the sequence length: see capture
+            raise UntraceableModel(f"an LSTM ('{qualname}') is written out step by step for "
+                                   "the input's sequence length, by torch.export")
         if decompositions.of_module(m) is not None:
             return False
         if module_normaliser(m) is not None:
