@@ -298,6 +298,19 @@ def _drop_checks(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+def _maker(graph: fx.Graph, replaced: fx.Node):
+    """``add(target, *args)``: a new call node that carries ``replaced``'s module path and
+    source line, so that errors and ``layer=`` name the module it came from."""
+    meta = {key: replaced.meta[key] for key in ("nn_module_stack", "stack_trace")
+            if key in replaced.meta}
+
+    def add(target, *args):
+        new = graph.call_function(target, args)
+        new.meta.update(meta)
+        return new
+    return add
+
+
 def _decompose_attention(graph: fx.Graph) -> None:
     """``scaled_dot_product_attention`` as its arithmetic (rap-spec §8.5): scores, an additive
     mask, softmax, and the product with V, so that the rules see the softmax weights."""
@@ -314,13 +327,7 @@ def _decompose_attention(graph: fx.Graph) -> None:
         q_shape, k_shape = q.meta["val"].shape, k.meta["val"].shape
         scale = given.get("scale") or q_shape[-1] ** -0.5
         mask = given.get("attn_mask")
-        meta = {key: node.meta[key] for key in ("nn_module_stack", "stack_trace")
-                if key in node.meta}
-
-        def add(target, *args):
-            new = graph.call_function(target, args)
-            new.meta.update(meta)
-            return new
+        add = _maker(graph, node)
 
         with graph.inserting_before(node):
             scores = add(aten.matmul.default, add(aten.mul.Tensor, q, scale),
@@ -355,13 +362,7 @@ def _unroll_lstms(graph: fx.Graph) -> None:
                                    "yet")
         shape = x.meta["val"].shape
         steps, time_dim = (shape[1], 1) if batch_first else (shape[0], 0)
-        meta = {key: node.meta[key] for key in ("nn_module_stack", "stack_trace")
-                if key in node.meta}
-
-        def add(target, *args):
-            new = graph.call_function(target, args)
-            new.meta.update(meta)
-            return new
+        add = _maker(graph, node)
 
         finals_h, finals_c = [], []
         with graph.inserting_before(node):
