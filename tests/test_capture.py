@@ -180,3 +180,18 @@ def test_the_writes_leave_the_users_tensors_alone():
     relprop.explain(model, x, method="rap-stable")
     assert torch.equal(x, before)
 
+
+
+def test_recurrent_layers_without_a_rule_are_refused_in_words():
+    class Head(nn.Module):
+        def __init__(self, rnn, width):
+            super().__init__()
+            self.rnn, self.fc = rnn, nn.Linear(width, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0].mean(1))
+    x = torch.randn(1, 4, 6)
+    with pytest.raises(relprop.UnsupportedOperation, match="module GRU"):
+        relprop.explain(Head(nn.GRU(6, 5, batch_first=True), 5).eval(), x)
+    with pytest.raises(relprop.UntraceableModel, match="LSTM with projections"):
+        relprop.explain(Head(nn.LSTM(6, 5, batch_first=True, proj_size=3), 3).eval(), x)
