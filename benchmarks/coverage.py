@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TOLERANCE = 1e-9
-MAX_PARAMETERS = int(os.environ.get("RELPROP_COVERAGE_MAX_PARAMETERS", 500e6))
+MAX_PARAMETERS = int(os.environ.get("RELPROP_COVERAGE_MAX_PARAMETERS", 700e6))
 SMALL = ("test_", "atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s_", "mobile",
          "b0", "_t_", "_t", "18", "lite")
 
@@ -163,8 +163,8 @@ def _hf_builder(family, kind):
         names = (auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if kind == "classification"
                  else auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES)[family]
         name = names[0] if isinstance(names, (list, tuple)) else names  # DeiT has two heads
-        if getattr(T, name).main_input_name != "pixel_values":  # ImageGPT, ShieldGemma-2
-            raise NotPixels(getattr(T, name).main_input_name)
+        if getattr(T, name).main_input_name == "input_ids":  # ImageGPT, ShieldGemma-2
+            raise NotPixels("input_ids")
         model = getattr(T, name)(config)
         size = getattr(config, "image_size", None) or \
             getattr(getattr(config, "vision_config", None), "image_size", None) or 224
