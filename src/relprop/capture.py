@@ -64,7 +64,8 @@ SAME_AS = {
     aten.pad.default: F.pad, aten.conv2d.padding: F.conv2d, aten.conv1d.padding: F.conv1d,
     aten.col2im.default: F.fold, aten.max.dim: torch.max,
     aten.cat.default: torch.cat, aten.flatten.using_ints: torch.flatten,
-    aten.reshape.default: torch.reshape, aten._unsafe_view.default: torch.reshape, aten.transpose.int: torch.transpose,
+    aten.reshape.default: torch.reshape, aten._unsafe_view.default: torch.reshape,
+    aten.transpose.int: torch.transpose,
     aten.permute.default: torch.permute, aten.unsqueeze.default: torch.unsqueeze,
     aten.squeeze.dim: torch.squeeze, aten.roll.default: torch.roll,
     aten.chunk.default: torch.chunk, aten.split.Tensor: torch.split,
@@ -74,9 +75,10 @@ SAME_AS = {
     # a view as a reshape: the same values, also where relprop's forward hands it a
     # non-contiguous tensor that the model's own kernels had laid out contiguously
     # (Data2Vec-Vision's relative position bias)
-    aten.view.default: torch.reshape, aten.expand.default: "expand", aten.contiguous.default: "contiguous",
-    aten.clone.default: "clone", aten.expand_as.default: "expand_as",
-    aten.reshape_as.default: "reshape_as", aten.neg.default: torch.neg, aten.pow.Tensor_Scalar: torch.pow,
+    aten.view.default: torch.reshape, aten.expand.default: "expand",
+    aten.contiguous.default: "contiguous", aten.clone.default: "clone",
+    aten.expand_as.default: "expand_as", aten.reshape_as.default: "reshape_as",
+    aten.neg.default: torch.neg, aten.pow.Tensor_Scalar: torch.pow,
     aten.sum.dim_IntList: torch.sum, aten.stack.default: torch.stack,
     aten.repeat.default: "repeat", aten.repeat_interleave.self_int: torch.repeat_interleave,
     aten.unfold.default: "unfold", aten.avg_pool1d.default: F.avg_pool1d,
@@ -179,15 +181,14 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
     try:
         with _EXPORT_LOCK, _quiet():
             program = torch.export.export(model, (x,), strict=False)
+            if _writes_into_views(program.graph):
+                program = program.run_decompositions({})  # functional: copies become scatters
     except Exception as e:  # export raises many types; all mean the same to the user
         raise UntraceableModel(
             f"neither torch.fx nor torch.export could capture {type(model).__name__} on inputs "
             f"of shape {tuple(x.shape)}: {type(e).__name__}: {_first_line(e)}. relprop needs a "
             "forward that runs without data-dependent Python control flow on these inputs"
         ) from e
-    if _writes_into_views(program.graph):
-        with _EXPORT_LOCK, _quiet():
-            program = program.run_decompositions({})  # functional: copies become scatters
     graph = program.graph_module.graph  # the program's own copy: ours to rewrite
     signature = program.graph_signature
     named = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
@@ -280,15 +281,21 @@ def _inline_regions(graph: fx.Graph, owner: nn.Module) -> None:
         inputs = [n for n in body.nodes if n.op == "placeholder"]
         with graph.inserting_before(node):
             outputs = graph.graph_copy(body, dict(zip(inputs, node.args[position + 1:])))
-        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        for user in list(node.users):  # getitem(region, i)
-            user.replace_all_uses_with(outputs[user.args[1]])
-            graph.erase_node(user)
-        graph.erase_node(node)
+        _replace_by_pieces(graph, node, outputs if isinstance(outputs, (tuple, list))
+                           else (outputs,))
     for node in list(graph.nodes):  # the regions' graphs, now unused
         if node.op == "get_attr" and not node.users and isinstance(
                 getattr(owner, node.target, None), fx.GraphModule):
             graph.erase_node(node)
+
+
+def _replace_by_pieces(graph: fx.Graph, node: fx.Node, pieces) -> None:
+    """Remove ``node``, a call that returns a tuple, giving each ``getitem(node, i)`` of it the
+    value ``pieces[i]``."""
+    for user in list(node.users):
+        user.replace_all_uses_with(pieces[user.args[1]])
+        graph.erase_node(user)
+    graph.erase_node(node)
 
 
 def _drop_checks(graph: fx.Graph) -> None:
@@ -362,6 +369,7 @@ def _unroll_lstms(graph: fx.Graph) -> None:
                                    "yet")
         shape = x.meta["val"].shape
         steps, time_dim = (shape[1], 1) if batch_first else (shape[0], 0)
+        width = hx[0].meta["val"].shape[-1]
         add = _maker(graph, node)
 
         finals_h, finals_c = [], []
@@ -375,7 +383,6 @@ def _unroll_lstms(graph: fx.Graph) -> None:
                     b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
                     h = add(aten.select.int, hx[0], 0, layer * directions + direction)
                     c = add(aten.select.int, hx[1], 0, layer * directions + direction)
-                    width = hx[0].meta["val"].shape[-1]
                     order = range(steps) if direction == 0 else range(steps - 1, -1, -1)
                     states = {}
                     for t in order:
@@ -398,10 +405,7 @@ def _unroll_lstms(graph: fx.Graph) -> None:
                     add(aten.cat.default, outputs, -1)
             results = (sequence, add(aten.stack.default, finals_h, 0),
                        add(aten.stack.default, finals_c, 0))
-        for user in list(node.users):  # getitem(lstm, i)
-            user.replace_all_uses_with(results[user.args[1]])
-            graph.erase_node(user)
-        graph.erase_node(node)
+        _replace_by_pieces(graph, node, results)
 
 
 def _additive_on(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

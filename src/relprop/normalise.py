@@ -263,9 +263,8 @@ def _prune(ops: list[Op], output: str) -> list[Op]:
         elif op.kind == "matmul":
             tensors = [a for a in op.args if isinstance(a, Ref) and status.get(a.name) not in
                        ("meta", "constant")]
-            einsum = isinstance(op.fn, vocabulary.Einsum)
-            if len(tensors) == 1 and (op.fn is torch.matmul or einsum) and "->" in \
-                    getattr(op.fn, "equation", "->"):
+            einsum = isinstance(op.fn, vocabulary.Einsum) and "->" in op.fn.equation
+            if len(tensors) == 1 and (op.fn is torch.matmul or einsum):
                 # x @ C with a constant C (relative-position tables on attention's query side):
                 # a linear map of fixed weights, given the pooling z-rule (rap-spec §9.2's
                 # z-rule, which conserves with weights of either sign); the tensor first.

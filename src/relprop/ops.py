@@ -525,6 +525,7 @@ _function(F.fold)(_pool(F.fold))
 _module(nn.Fold)(lambda m, a, k: Normalised("pool", m, (a[0],), {}, "same"))
 _function("norm")(_pool(torch.Tensor.norm))
 
+
 def keeps_precision(cast):
     """A cast that moves a signal to another device but keeps its floating dtype: relprop
     explains in the dtype the user runs the model in, so a region the model runs in float32
