@@ -119,6 +119,15 @@ def _register_aten() -> None:
     for overload in (aten.slice_scatter.default, aten.select_scatter.default):
         register_op(overload, "movement")
     register_op(aten.adaptive_avg_pool1d.default, "pool")
+    # selections by indices computed from the data (a recorded detector's kept boxes, a RoI's
+    # pyramid level): the indices are constants of the input's computation (rap-spec §9.4)
+    for overload in (aten.index.Tensor, aten.index_put.default, aten.gather.default):
+        register_op(overload, "movement")
+    # RoIAlign at the recorded boxes: a linear map with non-negative weights (rap-spec §9.2)
+    torchvision_ops = getattr(torch.ops, "torchvision", None)
+    for name in ("roi_align", "roi_pool"):
+        if torchvision_ops is not None and hasattr(torchvision_ops, name):
+            register_op(getattr(torchvision_ops, name).default, "pool")
     # The norms' trailing cudnn_enable flag is no argument of their functional form.
     register_normaliser(aten.layer_norm.default, _first(5, normaliser_of(F.layer_norm)))
     register_normaliser(aten.group_norm.default, _first(5, normaliser_of(F.group_norm)))

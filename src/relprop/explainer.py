@@ -40,6 +40,7 @@ class Call:
     state: Any = None  # what the method's own forward pass kept (propagation: the engine's)
     weights: torch.Tensor | None = None  # w: the score is Σ w ⊙ logits (rap-spec §9.1)
     function: Any = None  # a callable target the method differentiates as it is (gradients)
+    reuse: bool = False  # the state serves another target after this one: keep it whole
 
     def scores_of(self, output: torch.Tensor) -> torch.Tensor:
         """(N,) the explained score on ``output`` (the main output of a forward pass that
@@ -81,6 +82,13 @@ class Explainer:
         """The :class:`Explanation` of ``inputs`` (a batch) for ``target`` (None: the predicted
         class; see :mod:`relprop.targets` for weights, regions and callables); ``layer`` where
         the method supports it; ``options`` override the explainer's."""
+        return self.explain_each(inputs, [target], layer, **options)[0]
+
+    def explain_each(self, inputs: torch.Tensor, targets: list, layer: str | None = None,
+                     **options) -> list[Explanation]:
+        """One :class:`Explanation` of ``inputs`` per target in ``targets``, all from one
+        forward pass of the model (a propagation method sweeps back once per target from
+        what that pass kept): the k detections of an image, the top classes of an image."""
         opts = self.spec.resolve_options({**self.options, **options})
         model = self.model
         if layer is not None:
@@ -88,6 +96,7 @@ class Explainer:
         self._check_inputs(model, inputs)
         warn_if_training(model)
         self._warn(model)
+        results = []
         # inference_mode(False): the methods route relevance or gradients through autograd.
         with torch.inference_mode(False), eval_mode(model), exact_float32():
             x = inputs.clone() if inputs.is_inference() else inputs
@@ -95,12 +104,16 @@ class Explainer:
                 output, state = self._forward(model, x)
             logits = main_output(output)
             check_finite(logits)
-            explained = resolve(target, logits.detach(), linear=self.linear_targets)
-            relevance = self._attribute(Call(model, x, logits, explained.classes,
-                                             explained.score, opts, layer, state,
-                                             explained.weights, explained.function))
-        return Explanation(relevance.detach(), explained.classes, explained.score,
-                           logits.detach(), self.method, inputs.detach())
+            for i, target in enumerate(targets):
+                explained = resolve(target, logits.detach(), linear=self.linear_targets)
+                relevance = self._attribute(Call(model, x, logits, explained.classes,
+                                                 explained.score, opts, layer, state,
+                                                 explained.weights, explained.function,
+                                                 reuse=i < len(targets) - 1))
+                results.append(Explanation(relevance.detach(), explained.classes,
+                                           explained.score, logits.detach(), self.method,
+                                           inputs.detach()))
+        return results
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
         """Raise a ValueError now, before any image is read, where ``layer`` or ``dtype`` cannot

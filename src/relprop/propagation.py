@@ -113,6 +113,8 @@ class Propagation(Explainer):
             start = weights * call.logits
         else:  # d = w, summing to 1 in magnitude (RAP's output rule normalises to the score)
             start = weights / weights.flatten(1).abs().sum(1).view(-1, *([1] * (weights.dim() - 1)))
+        if call.reuse:  # the sweep frees what it has passed; another sweep follows
+            kept = engine.Forward(dict(kept.env), kept.shapes)
         with torch.no_grad():  # rules that route relevance through autograd enable it
             relevance = engine.backward(plan, kept, start, call.score, call.options, stop)
         if stop is not None and attention_products(plan.graph):  # a block's tokens: patches

@@ -52,10 +52,16 @@ def analyse(graph) -> dict:
         notes[name]["heads"] = len(out)
     for name in graph.input_layers:
         src = graph.op(name).inputs[0]
+        while src in graph and _adds_leading_dim(graph.op(src)):  # a batch of one, padded
+            src = graph.op(src).inputs[0]
         widths = pad_spec(graph.op(src)) if src in graph else None
         if widths is not None:
             notes[name]["input_pad"] = widths
     return notes
+
+
+def _adds_leading_dim(op) -> bool:
+    return op.fn is torch.unsqueeze and (op.args[1:2] == (0,) or op.kwargs.get("dim") == 0)
 
 
 def may_lose(op) -> bool:

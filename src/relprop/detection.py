@@ -1,0 +1,388 @@
+"""Detectors (rap-spec §9.1, §9.4): which detection to explain, and the logit behind its score.
+
+A detection's score is a probability: a softmax entry (Faster R-CNN, Mask R-CNN, SSD, DETR), a
+sigmoid (RetinaNet) or the square root of a product of sigmoids (FCOS). relprop explains the
+class logit behind it (``Explanation.score`` is that logit), so that Σ R = the logit.
+
+torchvision's detectors decide with the data what they compute (score thresholds, top-k, NMS,
+each RoI's pyramid level), so relprop records each image's run (:mod:`relprop.recording`) and
+finds each detection's logit by differentiating its score back to the squashing it came
+through: the ops in between only select, so one position receives the gradient. What is
+explained is then an ordinary model, ``image -> the logits behind the detections``, in which
+the boxes and indices of this image are constants; every method explains it. A Hugging Face
+DETR returns its query logits as a tensor and is explained as it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from . import recording
+from .explanation import Explanation
+
+aten = torch.ops.aten
+_SQUASHINGS = {aten.softmax.int, aten._softmax.default, aten.sigmoid.default}
+
+
+@dataclass
+class Detected:
+    """One detection of one image, as the model reported it, and the logit relprop explains."""
+
+    image: int  # the image's index in the batch
+    index: int  # the detection's index in the model's output for that image
+    box: tuple  # (x0, y0, x1, y1) in the pixels of the image as given
+    label: int
+    score: float  # the model's probability
+    logit: float  # the class logit behind the score: the explained score
+    position: int = field(default=-1, repr=False)  # the logit's position in the logit vector
+
+
+class Detections:
+    """Explain several detections of each image, each on its own: those with a score of at
+    least ``min_score``, at most ``top`` of them (the highest scores first)."""
+
+    def __init__(self, top: int | None = None, min_score: float = 0.0):
+        if top is not None and (not isinstance(top, int) or top < 1):
+            raise ValueError(f"Detections(top=...) takes a positive number, got {top!r}")
+        self.top, self.min_score = top, float(min_score)
+
+    def select(self, found: list[Detected], image: int) -> list[Detected]:
+        chosen = sorted((d for d in found if d.score >= self.min_score), key=lambda d: -d.score)
+        return chosen[:self.top] if self.top is not None else chosen
+
+    def __repr__(self):
+        return f"Detections(top={self.top}, min_score={self.min_score})"
+
+
+class BoxTarget:
+    """The detection that best matches ``box`` (x0, y0, x1, y1, in the image's pixels) among
+    those of class ``label`` (any class where None), by intersection over union of at least
+    ``iou``: pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` for one box."""
+
+    def __init__(self, box, label: int | None = None, iou: float = 0.5):
+        box = tuple(float(v) for v in torch.as_tensor(box, dtype=torch.float64).flatten())
+        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"a box is (x0, y0, x1, y1) with x0 < x1 and y0 < y1; got {box}")
+        self.box, self.label, self.iou = box, label, float(iou)
+
+    def select(self, found: list[Detected], image: int) -> list[Detected]:
+        candidates = [d for d in found if self.label is None or d.label == self.label]
+        best = max(candidates, key=lambda d: iou(d.box, self.box), default=None)
+        if best is None or iou(best.box, self.box) < self.iou:
+            near = max(found, key=lambda d: iou(d.box, self.box), default=None)
+            hint = (f"; the nearest detection is label {near.label} at "
+                    f"{tuple(round(v, 1) for v in near.box)} (IoU {iou(near.box, self.box):.2f})"
+                    if near is not None else "; the model detected nothing")
+            raise ValueError(f"no detection of image {image} matches the box {self.box} "
+                             f"(label {self.label}) with IoU >= {self.iou}{hint}")
+        return [best]
+
+    def __repr__(self):
+        return f"BoxTarget({self.box}, label={self.label}, iou={self.iou})"
+
+
+class _Index:
+    def __init__(self, index: int):
+        self.index = index
+
+    def select(self, found: list[Detected], image: int) -> list[Detected]:
+        if not 0 <= self.index < len(found):
+            raise ValueError(f"image {image} has {len(found)} detection(s), so there is no "
+                             f"detection {self.index}; pass an index below {len(found)}, or "
+                             "lower the model's score threshold (box_score_thresh / "
+                             "score_thresh) to keep more")
+        return [found[self.index]]
+
+
+def _from_grad_cam(target) -> list:
+    """pytorch-grad-cam's ``FasterRCNNBoxScoreTarget(labels, bounding_boxes, iou_threshold)``:
+    each (label, box) pair as a :class:`BoxTarget` (grad-cam sums their scores; relprop
+    explains each matched detection on its own)."""
+    boxes = torch.as_tensor(target.bounding_boxes).reshape(-1, 4)
+    labels = list(torch.as_tensor(target.labels).reshape(-1).tolist())
+    return [BoxTarget(b, int(label), target.iou_threshold) for b, label in zip(boxes, labels)]
+
+
+def selector(target, n: int):
+    """``target`` as one selector per image."""
+    if isinstance(target, (list, tuple)) and len(target) and \
+            not isinstance(target[0], (int, float)):
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for a batch of {n} images; give "
+                             "one per image, or one for all")
+        return [_one_selector(t) for t in target]
+    return [_one_selector(target)] * n
+
+
+def _one_selector(target):
+    if target is None:
+        return _Index(0)
+    if isinstance(target, bool):
+        raise ValueError(f"a detection target is an index, Detections(...), BoxTarget(...) or "
+                         f"pytorch-grad-cam's FasterRCNNBoxScoreTarget; got {target!r}")
+    if isinstance(target, int):
+        return _Index(target)
+    if hasattr(target, "select"):
+        return target
+    if hasattr(target, "bounding_boxes") and hasattr(target, "labels"):
+        return _Many(_from_grad_cam(target))
+    raise ValueError(f"a detection target is None (the top detection), an index into the "
+                     f"detections, relprop.detection.Detections(top, min_score), "
+                     f"relprop.detection.BoxTarget(box, label) or pytorch-grad-cam's "
+                     f"FasterRCNNBoxScoreTarget; got {target!r}")
+
+
+class _Many:
+    def __init__(self, targets):
+        self.targets = targets
+
+    def select(self, found, image):
+        return [d for t in self.targets for d in t.select(found, image)]
+
+
+def iou(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- readers
+
+@dataclass
+class Scene:
+    """One image's detections and the model that maps the image to the logits behind them."""
+
+    detections: list[Detected]
+    logit_model: nn.Module  # x (1, C, H, W) -> y; a detection's logit is y.flatten()[position]
+    shape: tuple  # y's shape
+
+
+def is_torchvision_detector(model: nn.Module) -> bool:
+    try:
+        from torchvision.models import detection as tv
+    except ImportError:
+        return False
+    return isinstance(model, (tv.generalized_rcnn.GeneralizedRCNN, tv.RetinaNet, tv.FCOS,
+                              tv.SSD))
+
+
+def is_detr(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForObjectDetection")
+
+
+def is_detector(model: nn.Module) -> bool:
+    return is_torchvision_detector(model) or is_detr(model)
+
+
+def scene(model: nn.Module, x: torch.Tensor, image: int = 0) -> Scene:
+    """The detections of ``model`` on ``x`` (one image, (1, C, H, W)) and their logits."""
+    if is_detr(model):
+        return _detr_scene(model, x, image)
+    return _recorded_scene(model, x, image)
+
+
+def _recorded_scene(model, x, image) -> Scene:
+    recorded = recording.record(model, x)
+    graph = recorded.graph
+    out = graph.output_node().args[0]
+    result = out[0] if isinstance(out, (list, tuple)) else out
+    if not isinstance(result, dict) or not {"boxes", "labels", "scores"} <= set(result):
+        raise ValueError("relprop explains detectors that return, per image, a dict with "
+                         "'boxes', 'labels' and 'scores' (torchvision's)")
+    scores = result["scores"]
+    squashings = _squashings_behind(scores)
+    chain = _between(squashings, scores)
+    ends = list(dict.fromkeys(s.args[0].name for s in squashings))
+    _, constants = recording.path_to(graph, ends)
+    keep = constants | set(ends) | {s.name for s in squashings} | \
+        {a.name for n in chain for a in n.all_input_nodes} | \
+        {result[k].name for k in ("boxes", "labels", "scores")}
+    values = recording.run(recorded, x, keep)
+    positions = _positions(squashings, chain, scores, values)
+
+    offsets, total = {}, 0
+    for end in ends:
+        offsets[end] = total
+        total += values[end].numel()
+    logits = torch.cat([values[e].reshape(-1) for e in ends])
+    boxes, labels, probabilities = (values[result[k].name] for k in ("boxes", "labels", "scores"))
+    found = []
+    for j, (squash, flat) in enumerate(positions):
+        position = offsets[squash.args[0].name] + flat
+        found.append(Detected(image, j, tuple(boxes[j].tolist()), int(labels[j]),
+                              float(probabilities[j]), float(logits[position]), position))
+    module = recording.logit_module(recorded, ends, values)
+    return Scene(found, module, (1, total))
+
+
+def _squashings_behind(scores: fx.Node) -> list[fx.Node]:
+    """The softmaxes and sigmoids whose outputs the scores select from."""
+    found, seen, stack = [], set(), [scores]
+    while stack:
+        node = stack.pop()
+        if node in seen or node.op != "call_function":
+            continue
+        seen.add(node)
+        if node.target in _SQUASHINGS:
+            found.append(node)
+            continue
+        stack += [a for a in node.all_input_nodes if recording._is_float(a)]
+    if not found:
+        raise ValueError("the detections' scores come from no softmax or sigmoid of logits: "
+                         "relprop cannot find the logit to explain")
+    return sorted(found, key=lambda n: list(n.graph.nodes).index(n))
+
+
+def _between(sources: list[fx.Node], end: fx.Node) -> list[fx.Node]:
+    """The nodes after ``sources`` on which ``end`` depends, in graph order."""
+    below = set()
+    stack = [end]
+    while stack:
+        node = stack.pop()
+        if node in below or node in sources:
+            continue
+        below.add(node)
+        stack += node.all_input_nodes
+    after = set(sources)
+    chain = []
+    for node in end.graph.nodes:
+        if node in below and any(a in after for a in node.all_input_nodes):
+            after.add(node)
+            chain.append(node)
+    return chain
+
+
+def _positions(squashings, chain, scores, values) -> list[tuple[fx.Node, int]]:
+    """For each detection, the squashing and the flat position its score was read from: the
+    one entry of the squashings' outputs where its score has a gradient. Where it has one in
+    several (FCOS: the square root of class probability times centre-ness), the class's: the
+    widest of them (the centre-ness is broadcast over the classes)."""
+    leaves = {s: values[s.name].detach().clone().requires_grad_() for s in squashings}
+    env = {s.name: leaves[s] for s in squashings}
+    with torch.enable_grad():
+        for node in chain:
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs),
+                                           lambda n: env[n.name] if n.name in env
+                                           else values[n.name])
+            env[node.name] = node.target(*args, **kwargs)
+        recomputed = env[scores.name]
+        if not torch.allclose(recomputed.detach(), values[scores.name]):
+            raise ValueError("the detections' scores could not be traced back to their logits")
+        found = []
+        for j in range(recomputed.numel()):
+            grads = torch.autograd.grad(recomputed[j], list(leaves.values()), retain_graph=True,
+                                        allow_unused=True)
+            hits = [(s, g) for s, g in zip(leaves, grads) if g is not None and g.any()]
+            if not hits:
+                raise ValueError(f"the score of detection {j} does not come from a logit")
+            squash, grad = max(hits, key=lambda h: h[1].numel())
+            nonzero = grad.flatten().nonzero().flatten()
+            if nonzero.numel() != 1:
+                raise ValueError(f"the score of detection {j} is not one probability of one "
+                                 f"logit ({nonzero.numel()} entries)")
+            found.append((squash, int(nonzero[0])))
+    return found
+
+
+def _detr_scene(model, x, image) -> Scene:
+    """DETR and its kin: per query a softmax over the classes and "no object" (the last);
+    a query's detection is its most probable class (as the image processor's
+    ``post_process_object_detection`` reads it), with its predicted box."""
+    with torch.no_grad():
+        out = model(x)
+    logits = out.logits[0]
+    probabilities = logits.softmax(-1)[:, :-1]
+    scores, labels = probabilities.max(-1)
+    h, w = x.shape[-2:]
+    cx, cy, bw, bh = out.pred_boxes[0].unbind(-1)
+    boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
+                         (cy + bh / 2) * h], -1)
+    k = logits.shape[-1]
+    order = scores.argsort(descending=True)
+    found = [Detected(image, j, tuple(boxes[q].tolist()), int(labels[q]), float(scores[q]),
+                      float(logits[q, labels[q]]), int(q) * k + int(labels[q]))
+             for j, q in enumerate(order.tolist())]
+    return Scene(found, model, tuple(out.logits.shape))
+
+
+class PerImage(nn.Module):
+    """A recorded logit model, which holds one image's constants, called on a batch of that
+    image's variants (Captum's integration steps and noise samples) one at a time."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return torch.cat([self.module(x[i:i + 1]) for i in range(x.shape[0])])
+
+
+# --------------------------------------------------------------------------- explaining
+
+@dataclass
+class DetectionExplanation(Explanation):
+    """One row per explained detection: ``relevance[r]`` is over the image of
+    ``detections[r]`` and sums to its logit, ``score[r]``."""
+
+    detections: list = field(default_factory=list)
+
+
+class DetectionExplainer:
+    """Explains a detector's detections with one method: ``explain(images, target)``.
+
+    ``target``: None (each image's top detection), an index into each image's detections,
+    :class:`Detections` (several per image), :class:`BoxTarget` (the best match of a box and a
+    label), pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``, or a list of these, one per image.
+    The detections of an image share one recorded forward pass: propagation methods sweep back
+    once per detection from it."""
+
+    def __init__(self, model: nn.Module, method: str, **options):
+        from .registry import get_method
+        self.model, self.method, self.options = model, method, options
+        self.spec = get_method(method)
+
+    def explain(self, images: torch.Tensor, target=None, layer=None,
+                **options) -> DetectionExplanation:
+        from .api import explainer
+        from .explainer import check_batch
+        if layer is not None:
+            raise ValueError("layer= is not supported for detectors yet: relprop explains a "
+                             "detection at the input image")
+        check_batch(self.model, images, rank=4)
+        selectors = selector(target, images.shape[0])
+        rows, chosen = [], []
+        for i, select in enumerate(selectors):
+            x = images[i:i + 1]
+            found = scene(self.model, x, i)
+            picked = select.select(found.detections, i)
+            if not picked:
+                continue
+            module = found.logit_model
+            if self.spec.family != "propagation" and module is not self.model:
+                module = PerImage(module)
+            inner = explainer(module, self.method, **self.options)
+            targets = []
+            for d in picked:
+                w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)
+                w.view(-1)[d.position] = 1
+                targets.append(w)
+            rows += inner.explain_each(x, targets, **options)
+            chosen += picked
+        if not rows:
+            raise ValueError(f"no detection to explain: the model found none that the target "
+                             f"{target!r} selects in any image")
+        return DetectionExplanation(
+            torch.cat([r.relevance for r in rows]),
+            torch.tensor([d.label for d in chosen]),
+            torch.cat([r.score for r in rows]),
+            torch.cat([r.score for r in rows]).view(-1, 1), self.method,
+            torch.stack([images[d.image] for d in chosen]), detections=chosen)
+
+
+__all__ = ["Detected", "Detections", "BoxTarget", "DetectionExplainer",
+           "DetectionExplanation", "is_detector", "scene"]
