@@ -8,6 +8,7 @@ import torch.nn as nn
 from . import propagation  # noqa: F401  (registers rap, rap-stable, the LRP composites first)
 from . import gradients  # noqa: F401,I001  (then the gradient family)
 from . import rollout  # noqa: F401,I001  (then the attention baselines)
+from .detection import DetectionExplainer, is_detector
 from .explainer import Explainer, Target
 from .explanation import Explanation, class_scores
 from .graph import unwrap
@@ -24,8 +25,15 @@ def explainer(model: nn.Module, method: str = DEFAULT_METHOD, **options) -> Expl
     (weakly) and shared by every explainer."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"explain expects a torch.nn.Module, got {type(model).__name__}")
-    spec = get_method(method)
-    return spec.build(unwrap(model), method=method, **options)
+    get_method(method)  # an unknown method is refused before anything else
+    if is_detector(unwrap(model)):  # detections, each by the logit behind its score
+        return DetectionExplainer(unwrap(model), method, **options)
+    return method_explainer(unwrap(model), method, **options)
+
+
+def method_explainer(model: nn.Module, method: str, **options) -> Explainer:
+    """``method``'s own explainer of ``model``, which explains the model's output tensor."""
+    return get_method(method).build(model, method=method, **options)
 
 
 def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
@@ -35,6 +43,11 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
     ``"rap-stable"``, the default, equals on networks without residual additions); ``options``
     are the method's keyword options. ``layer`` (a module path) gives the relevance of that
     layer's output instead of the input's (for Grad-CAM: the layer the CAM is computed at).
+
+    For a detector (torchvision's, a Hugging Face DETR) the target is a detection
+    (:mod:`relprop.detection`: an index, ``Detections(top, min_score)``, ``BoxTarget(box,
+    label)`` or pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``) and the result has one row
+    per detection.
 
     Calling this in a loop traces the model once; the trace is held weakly (a model the caller
     drops is freed) and made again for a model whose modules changed.

@@ -38,6 +38,8 @@ class Detected:
     score: float  # the model's probability
     logit: float  # the class logit behind the score: the explained score
     position: int = field(default=-1, repr=False)  # the logit's position in the logit vector
+    row: tuple | None = field(default=None, repr=False)  # the logits a softmax took the score
+    # from (its class's among them), None for a sigmoid
 
 
 class Detections:
@@ -164,11 +166,11 @@ class Scene:
 
 def is_torchvision_detector(model: nn.Module) -> bool:
     try:
-        from torchvision.models import detection as tv
+        from torchvision.models.detection import fcos, generalized_rcnn, retinanet, ssd
     except ImportError:
         return False
-    return isinstance(model, (tv.generalized_rcnn.GeneralizedRCNN, tv.RetinaNet, tv.FCOS,
-                              tv.SSD))
+    return isinstance(model, (generalized_rcnn.GeneralizedRCNN, retinanet.RetinaNet, fcos.FCOS,
+                              ssd.SSD))
 
 
 def is_detr(model: nn.Module) -> bool:
@@ -215,9 +217,18 @@ def _recorded_scene(model, x, image) -> Scene:
     for j, (squash, flat) in enumerate(positions):
         position = offsets[squash.args[0].name] + flat
         found.append(Detected(image, j, tuple(boxes[j].tolist()), int(labels[j]),
-                              float(probabilities[j]), float(logits[position]), position))
+                              float(probabilities[j]), float(logits[position]), position,
+                              _softmax_row(squash, values[squash.args[0].name], flat)))
     module = recording.logit_module(recorded, ends, values)
     return Scene(found, module, (1, total))
+
+
+def _softmax_row(squash: fx.Node, logits: torch.Tensor, flat: int) -> tuple | None:
+    if squash.target is aten.sigmoid.default:
+        return None
+    index = list(torch.unravel_index(torch.tensor(flat), logits.shape))
+    index[squash.args[1] % logits.dim()] = slice(None)
+    return tuple(logits[tuple(index)].tolist())
 
 
 def _squashings_behind(scores: fx.Node) -> list[fx.Node]:
@@ -305,7 +316,8 @@ def _detr_scene(model, x, image) -> Scene:
     k = logits.shape[-1]
     order = scores.argsort(descending=True)
     found = [Detected(image, j, tuple(boxes[q].tolist()), int(labels[q]), float(scores[q]),
-                      float(logits[q, labels[q]]), int(q) * k + int(labels[q]))
+                      float(logits[q, labels[q]]), int(q) * k + int(labels[q]),
+                      tuple(logits[q].tolist()))
              for j, q in enumerate(order.tolist())]
     return Scene(found, model, tuple(out.logits.shape))
 
@@ -348,7 +360,7 @@ class DetectionExplainer:
 
     def explain(self, images: torch.Tensor, target=None, layer=None,
                 **options) -> DetectionExplanation:
-        from .api import explainer
+        from .api import method_explainer
         from .explainer import check_batch
         if layer is not None:
             raise ValueError("layer= is not supported for detectors yet: relprop explains a "
@@ -365,7 +377,7 @@ class DetectionExplainer:
             module = found.logit_model
             if self.spec.family != "propagation" and module is not self.model:
                 module = PerImage(module)
-            inner = explainer(module, self.method, **self.options)
+            inner = method_explainer(module, self.method, **self.options)
             targets = []
             for d in picked:
                 w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .detection import is_torchvision_detector
 from .explanation import Explanation
 from .graph import eval_mode, unwrap
 from .registry import get_method, specs
@@ -67,6 +68,10 @@ class Explainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__} expects a torch.nn.Module, got "
                             f"{type(model).__name__}")
+        if is_torchvision_detector(unwrap(model)):
+            raise ValueError(f"{type(model).__name__} is a detector: relprop.explain(model, "
+                             "images, target=...) and relprop.explainer(model, method) explain "
+                             "its detections (see relprop.detection)")
         self.method = method or type(self).method
         self.spec = get_method(self.method)
         self.options = self.spec.resolve_options(options)

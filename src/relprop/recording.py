@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .capture import copy_into
 from .errors import UntraceableModel
 from .graph import eval_mode
 
@@ -47,8 +48,11 @@ def record(model: nn.Module, x: torch.Tensor) -> fx.GraphModule:
     from torch.fx.experimental.proxy_tensor import make_fx
     try:
         with eval_mode(model), torch.no_grad():
+            # a value read out of a tensor (``int(n)``, Mask R-CNN's mask pasting) is this
+            # input's value, as every other data-dependent choice is
             module = make_fx(lambda inputs: model(inputs), tracing_mode="real",
-                             pre_dispatch=True)(x)
+                             pre_dispatch=True, record_module_stack=True,
+                             _error_on_data_dependent_ops=False)(x)
     except Exception as e:  # the model's own failure on this input
         raise ValueError(f"the model could not run on inputs of shape {tuple(x.shape)}: "
                          f"{type(e).__name__}: {e}") from None
@@ -114,6 +118,7 @@ def _is_view(node) -> bool:
         not node.target._schema.is_mutable
 
 
+@torch.no_grad()
 def run(module: fx.GraphModule, x: torch.Tensor, keep: set[str]) -> dict:
     """Run the recording on ``x``, keeping the values of the nodes named in ``keep`` (every
     other value is freed after its last reader)."""
@@ -270,6 +275,8 @@ def logit_module(recorded: fx.GraphModule, ends: list[str], values: dict) -> fx.
             env[a] = new.get_attr(name)
             return env[a]
         env[node] = _as_padding(new, node, values, env) or new.node_copy(node, arg_of)
+        if env[node].target is aten.copy.default:  # ATen's copy has no derivative
+            env[node].target = copy_into
     joined = [new.call_function(aten.reshape.default, (env[by_name[e]], [-1])) for e in ends]
     out = joined[0] if len(joined) == 1 else new.call_function(aten.cat.default, (joined,))
     new.output(new.call_function(aten.unsqueeze.default, (out, 0)))

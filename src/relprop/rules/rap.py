@@ -207,7 +207,10 @@ def input_layer(op, x, w, relevance, input_pad=None):
 
     ``Z = Lin(x, W) - Lin(L, W+) - Lin(H, W-)`` is computed as ``Lin(x - L, W+) + Lin(x - H, W-)``,
     a sum of two non-negative maps: equal in exact arithmetic, and exactly 0 on a constant patch
-    where the first form leaves a rounding residue that the division would blow up."""
+    where the first form leaves a rounding residue that the division would blow up. An output
+    that reads nothing but padding (a detector's batch padded to a multiple of 32 under a
+    7x7 convolution) can still be handed relevance by the layers above: that is shared evenly
+    over the image, as §8.6 does for relevance that lands on no operand."""
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     support = _support(x, input_pad)
     dims = tuple(range(1, x.dim()))
@@ -228,7 +231,11 @@ def input_layer(op, x, w, relevance, input_pad=None):
     lost = relevance * (z == 0)
     if lost.any():
         flat = torch.ones_like(w)
-        r += ones * lin_t(op, sdiv(lost, lin(op, ones, flat)), flat, x.shape)
+        field = lin(op, ones, flat)
+        r += ones * lin_t(op, sdiv(lost, field), flat, x.shape)
+        if support is not None:  # outputs that read the border only: over the whole image
+            stranded = sample_sum(lost * (field == 0)).view(-1, *([1] * (x.dim() - 1)))
+            r += support * stranded / support.sum()
     return r
 
 

@@ -1,0 +1,167 @@
+"""Detectors (rap-spec §9.1, §9.4): every torchvision detector family at a small size with
+random weights, explained detection by detection in float64.
+
+What could go wrong and is checked here: relevance lost on the way (Σ R = the logit), the
+wrong logit (its squashing must give the model's own score), k detections of one forward pass
+differing from k single calls, a bad target silently explaining something else, the user's
+images changed."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import detection as tv
+
+import relprop
+from relprop.detection import BoxTarget, Detections, scene
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+# Small enough to run in seconds: few proposals and detections, images of 64-80 pixels.
+_RCNN = dict(min_size=64, max_size=80, rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=16,
+             box_detections_per_img=8, box_score_thresh=0.0)
+_ONE_STAGE = dict(min_size=64, max_size=80, topk_candidates=16, detections_per_img=8,
+                  score_thresh=0.0)
+_SSD = dict(topk_candidates=16, detections_per_img=8, score_thresh=0.0)
+DETECTORS = {
+    "fasterrcnn_resnet50_fpn": _RCNN,
+    "fasterrcnn_resnet50_fpn_v2": _RCNN,
+    "fasterrcnn_mobilenet_v3_large_fpn": _RCNN,
+    "maskrcnn_resnet50_fpn": _RCNN,
+    "retinanet_resnet50_fpn": _ONE_STAGE,
+    "fcos_resnet50_fpn": _ONE_STAGE,
+    "ssdlite320_mobilenet_v3_large": _SSD,
+    "ssd300_vgg16": _SSD,
+}
+SLOW = {"fasterrcnn_resnet50_fpn_v2", "ssd300_vgg16", "maskrcnn_resnet50_fpn"}
+_CACHE: dict = {}
+
+
+def detector(name: str):
+    """The detector (float64, random weights, no all-zero parameter) and one image."""
+    if name not in _CACHE:
+        torch.manual_seed(0)
+        model = getattr(tv, name)(weights=None, weights_backbone=None, **DETECTORS[name])
+        model = model.eval().double()
+        with torch.no_grad():  # zero-initialised heads would score every box alike
+            for p in model.parameters():
+                if (p == 0).all():
+                    p.normal_(0, 0.01)
+        x = torch.rand(1, 3, 60, 76, dtype=torch.float64)
+        _CACHE[name] = (model, x)
+    return _CACHE[name]
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+@pytest.mark.parametrize("method", ["rap", "rap-stable"])
+@pytest.mark.parametrize("name", _params(DETECTORS))
+def test_relevance_sums_to_the_logit_in_float64(name, method):
+    model, x = detector(name)
+    e = relprop.explain(model, x, target=Detections(top=2), method=method)
+    assert e.relevance.shape == (2, *x.shape[1:])
+    assert torch.isfinite(e.relevance).all() and e.relevance.abs().sum() > 0
+    tol = 1e-9 * e.score.abs().clamp(min=1)
+    assert (e.delta.abs() <= tol).all(), (e.delta, e.score)
+    assert [d.logit for d in e.detections] == pytest.approx(e.score.tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", _params(DETECTORS))
+def test_the_explained_logit_gives_the_models_score(name):
+    """sigmoid(logit) is RetinaNet's score, softmax of its row Faster R-CNN's and SSD's; FCOS
+    multiplies by a centre-ness in (0, 1) under a square root, so its score² is below."""
+    model, x = detector(name)
+    with torch.no_grad():
+        reported = model(x)[0]
+    found = scene(model, x).detections
+    assert len(found) == len(reported["scores"]) > 0
+    for d, score, label, box in zip(found, reported["scores"], reported["labels"],
+                                    reported["boxes"]):
+        assert d.score == pytest.approx(float(score), abs=1e-12)
+        assert d.label == int(label) and d.box == pytest.approx(box.tolist(), abs=1e-9)
+        if d.row is not None:  # a softmax over the row
+            row = torch.tensor(d.row, dtype=torch.float64)
+            assert math.exp(d.logit) / row.exp().sum() == pytest.approx(d.score, rel=1e-9)
+            assert d.logit in d.row
+        elif name.startswith("fcos"):
+            assert 0 < d.score ** 2 < torch.sigmoid(torch.tensor(d.logit, dtype=torch.float64))
+        else:
+            assert torch.sigmoid(torch.tensor(d.logit, dtype=torch.float64)) == pytest.approx(d.score, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn"])
+def test_k_detections_in_one_pass_equal_k_single_calls(name):
+    model, x = detector(name)
+    together = relprop.explain(model, x, target=Detections(top=3), method="rap")
+    for row, d in enumerate(together.detections):
+        alone = relprop.explain(model, x, target=d.index, method="rap")
+        assert alone.detections[0].index == d.index
+        torch.testing.assert_close(together.relevance[row], alone.relevance[0], rtol=0,
+                                   atol=1e-12)
+
+
+def test_a_box_and_label_pick_the_detection_they_match():
+    model, x = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    third = scene(model, x).detections[2]
+    e = relprop.explain(model, x, target=BoxTarget(third.box, third.label), method="rap")
+    assert e.detections[0].index == third.index
+
+
+def test_pytorch_grad_cams_box_score_target_is_accepted_as_it_is():
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+    model, x = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    found = scene(model, x).detections
+    target = FasterRCNNBoxScoreTarget(labels=[found[1].label, found[4].label],
+                                      bounding_boxes=torch.tensor([found[1].box, found[4].box]))
+    e = relprop.explain(model, x, target=[target], method="rap-stable")
+    assert [d.index for d in e.detections] == [1, 4]
+
+
+def test_a_bad_target_is_one_clear_error():
+    model, x = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    with pytest.raises(ValueError, match="has 8 detection"):
+        relprop.explain(model, x, target=8)
+    with pytest.raises(ValueError, match="no detection of image 0 matches the box"):
+        relprop.explain(model, x, target=BoxTarget((0, 0, 1, 1), label=3))
+    with pytest.raises(ValueError, match="a box is"):
+        BoxTarget((5, 5, 1, 1))
+    with pytest.raises(ValueError, match="detection target"):
+        relprop.explain(model, x, target="dog")
+    with pytest.raises(ValueError, match="is a detector"):
+        relprop.RAP(model)
+
+
+@pytest.mark.parametrize("method", ["gradient", "integrated-gradients", "lrp-epsilon-plus"])
+def test_every_family_explains_the_same_logit(method):
+    model, x = detector("retinanet_resnet50_fpn")
+    e = relprop.explain(model, x, target=Detections(top=2), method=method,
+                        **({"steps": 4} if method == "integrated-gradients" else {}))
+    assert e.relevance.shape == (2, *x.shape[1:]) and torch.isfinite(e.relevance).all()
+    assert e.relevance.abs().sum() > 0
+    assert e.score.tolist() == pytest.approx([d.logit for d in e.detections], abs=1e-12)
+
+
+def test_the_users_images_and_model_are_not_changed():
+    model, x = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    before = x.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    relprop.explain(model, x, target=Detections(top=2), method="rap")
+    assert torch.equal(x, before) and model.training
+    model.eval()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_detector_in_float32_explains_its_top_detection():
+    torch.manual_seed(0)
+    model = tv.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                                 **_RCNN).eval()
+    x = torch.rand(2, 3, 60, 76)
+    e = relprop.explain(model, x)  # None: each image's top detection
+    assert [d.image for d in e.detections] == [0, 1]
+    assert (e.delta.abs() <= 1e-3 * e.score.abs().clamp(min=1)).all()
+    assert torchvision.__version__  # the loader path is torchvision's own builder
