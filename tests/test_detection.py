@@ -165,3 +165,27 @@ def test_a_detector_in_float32_explains_its_top_detection():
     assert [d.image for d in e.detections] == [0, 1]
     assert (e.delta.abs() <= 1e-3 * e.score.abs().clamp(min=1)).all()
     assert torchvision.__version__  # the loader path is torchvision's own builder
+
+
+def test_a_hugging_face_detr_explains_its_query_logits():
+    """DETR returns its query logits as a tensor: a query's detection is its most probable
+    class other than "no object", and Σ R = that class's logit."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    torch.manual_seed(0)
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 32, 64],
+                            depths=[1, 1, 1, 1], out_features=["stage4"])
+    config = DetrConfig(use_timm_backbone=False, backbone_config=backbone, backbone=None,
+                        use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+                        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, num_labels=4)
+    model = DetrForObjectDetection(config).eval().double()
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits[0]
+    for method in ("rap", "rap-stable"):
+        e = relprop.explain(model, x, target=Detections(top=3), method=method)
+        assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all()
+        for d, score in zip(e.detections, e.score):
+            query = d.position // logits.shape[-1]
+            assert float(score) == pytest.approx(float(logits[query, d.label]), abs=1e-12)
+            assert d.score == pytest.approx(float(logits[query].softmax(0)[d.label]), rel=1e-9)
