@@ -10,15 +10,19 @@ from relprop import RAP, errors, models
 
 
 def test_registry_covers_every_torchvision_builder():
-    """Every torchvision classification and segmentation builder (issue 24), the embedded
-    EfficientNet-Lite0 and relprop's networks trained on the synthetic sets."""
+    """Every torchvision classification, segmentation (issue 24) and detection (issue 25)
+    builder, the embedded EfficientNet-Lite0 and relprop's networks trained on the synthetic
+    sets."""
     expected = set(torchvision.models.list_models(module=torchvision.models))
     expected |= set(torchvision.models.list_models(module=torchvision.models.segmentation))
+    expected |= set(torchvision.models.list_models(module=torchvision.models.detection))
     expected |= {"efficientnet_lite0", "synthetic-cnn", "synthetic-vit"}
     assert set(models.names()) == expected
     assert {"vgg16", "resnet50", "inception_v3", "vit_h_14", "convnext_tiny",
             "fcn_resnet50", "lraspp_mobilenet_v3_large"} <= expected
     assert models.spec("fcn_resnet50").kind == "segmentation"
+    assert models.spec("fcos_resnet50_fpn").kind == "detection"
+    assert models.spec("retinanet_resnet50_fpn").class_names()[1] == "person"
     assert models.spec("convnext_tiny").class_names()[281] == "tabby"
     assert models.spec("deeplabv3_resnet50").class_names()[8] == "cat"
     assert models.DEFAULT == "vgg16" and models.FALLBACK == "efficientnet_lite0"
@@ -41,11 +45,21 @@ def _without_weights(name):
             return models.spec(name).build().eval()
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [n for n in models.names()
+                                  if models.spec(n).kind != "detection"])
 def test_every_registered_model_traces(name):
     model = _without_weights(name)
     graph = RAP(model).graph
     assert graph.input_layers and graph.output_layers
+
+
+@pytest.mark.parametrize("name", [n for n in models.names()
+                                  if models.spec(n).kind == "detection"])
+def test_every_registered_detector_builds_without_weights_and_is_one(name):
+    """Its detections are explained in tests/test_detection.py; here: the entry builds offline
+    (no backbone weights fetched) and relprop reads it as a detector."""
+    from relprop.detection import is_detector
+    assert is_detector(_without_weights(name))
 
 
 def test_weights_file_loads_into_a_torchvision_model(tmp_path):

@@ -44,19 +44,24 @@ class Detected:
 
 class Detections:
     """Explain several detections of each image, each on its own: those with a score of at
-    least ``min_score``, at most ``top`` of them (the highest scores first)."""
+    least ``min_score`` (of class ``label`` only, where given), at most ``top`` of them, the
+    highest scores first."""
 
-    def __init__(self, top: int | None = None, min_score: float = 0.0):
-        if top is not None and (not isinstance(top, int) or top < 1):
+    def __init__(self, top: int | None = None, min_score: float = 0.0, label: int | None = None):
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
             raise ValueError(f"Detections(top=...) takes a positive number, got {top!r}")
-        self.top, self.min_score = top, float(min_score)
+        if not 0 <= float(min_score) <= 1:
+            raise ValueError(f"Detections(min_score=...) is a probability in [0, 1], got "
+                             f"{min_score!r}")
+        self.top, self.min_score, self.label = top, float(min_score), label
 
     def select(self, found: list[Detected], image: int) -> list[Detected]:
-        chosen = sorted((d for d in found if d.score >= self.min_score), key=lambda d: -d.score)
+        chosen = sorted((d for d in found if d.score >= self.min_score and
+                         self.label in (None, d.label)), key=lambda d: -d.score)
         return chosen[:self.top] if self.top is not None else chosen
 
     def __repr__(self):
-        return f"Detections(top={self.top}, min_score={self.min_score})"
+        return f"Detections(top={self.top}, min_score={self.min_score}, label={self.label})"
 
 
 class BoxTarget:
@@ -358,13 +363,23 @@ class DetectionExplainer:
         self.model, self.method, self.options = model, method, options
         self.spec = get_method(method)
 
+    def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
+        """Raise a ValueError now, before any image is read, for what cannot be explained."""
+        if layer is not None:
+            raise ValueError("layer= is not supported for detectors yet: relprop explains a "
+                             "detection at the input image")
+        if dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"detectors are explained in float32 or float64, not {dtype}: "
+                             "model.float() and images.float(), or --dtype float32")
+
+    def exclusive(self, layer: str | None = None) -> bool:
+        return False
+
     def explain(self, images: torch.Tensor, target=None, layer=None,
                 **options) -> DetectionExplanation:
         from .api import method_explainer
         from .explainer import check_batch
-        if layer is not None:
-            raise ValueError("layer= is not supported for detectors yet: relprop explains a "
-                             "detection at the input image")
+        self.check(images.dtype if isinstance(images, torch.Tensor) else None, layer)
         check_batch(self.model, images, rank=4)
         selectors = selector(target, images.shape[0])
         rows, chosen = [], []

@@ -35,7 +35,8 @@ class ModelSpec:
     input_size: int  # the centre crop the model sees
     resize: int  # the short side the image is resized to before cropping
     description: str
-    kind: str = "classification"  # or "segmentation": a class map (N, K, H, W) per image
+    kind: str = "classification"  # "segmentation": a class map (N, K, H, W) per image;
+    # "detection": boxes, labels and scores per image (relprop.detection)
     class_names: Callable[[], list] | None = None  # None: ImageNet's, or numbered
     view: Callable | None = None  # PIL image -> the picture the model sees (None: resize, crop)
 
@@ -44,14 +45,13 @@ def _imagenet_categories() -> list[str]:
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _torchvision_spec(name: str, description: str, segmentation: bool = False,
-                      **build_kwargs) -> ModelSpec:
+def _torchvision_loading(name: str, **build_kwargs):
+    """``(weights enum, build, load, categories)`` of a torchvision builder: random weights, its
+    default weights through torchvision's weights API (the torch cache offline), or a file."""
     def weights_enum():
         return torchvision.models.get_model_weights(name).DEFAULT
 
     def build():
-        if segmentation:  # the backbone's ImageNet weights are not fetched for a random model
-            build_kwargs.setdefault("weights_backbone", None)
         return torchvision.models.get_model(name, weights=None, **build_kwargs)
 
     def load(path):
@@ -75,6 +75,14 @@ def _torchvision_spec(name: str, description: str, segmentation: bool = False,
     def categories():
         return list(weights_enum().meta["categories"])
 
+    return weights_enum, build, load, categories
+
+
+def _torchvision_spec(name: str, description: str, segmentation: bool = False,
+                      **build_kwargs) -> ModelSpec:
+    if segmentation:  # the backbone's ImageNet weights are not fetched for a random model
+        build_kwargs.setdefault("weights_backbone", None)
+    weights_enum, build, load, categories = _torchvision_loading(name, **build_kwargs)
     tf = weights_enum().transforms()
     if segmentation:  # square crops at the transforms' size, so that images make one batch
         side = tf.resize_size[0] if tf.resize_size else 520
@@ -94,6 +102,30 @@ def _torchvision_spec(name: str, description: str, segmentation: bool = False,
 
 SAVE_HINT = ("Pass a file written with torch.save(model.state_dict(), PATH) for this model, or "
              "leave out --weights to use the model's ImageNet weights.")
+
+
+def fit(image, short: int = 800, long: int = 1333):
+    """``image`` scaled down (never up) as torchvision's detectors scale it, short side at most
+    ``short`` and long side at most ``long``: the map is at the resolution the model reads."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    scale = min(1.0, short / min(image.size), long / max(image.size))
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    return image.resize(size, resample=3)  # bicubic
+
+
+def _torchvision_detector_spec(name: str) -> ModelSpec:
+    """A torchvision detector: an image of any size (one at a time), its own transform inside
+    (normalising and resizing), COCO's categories."""
+    _, build, load, categories = _torchvision_loading(name, weights_backbone=None)
+
+    def preprocess():
+        return lambda image: T.functional.to_tensor(fit(image))
+
+    return ModelSpec(name, build, load, preprocess, 800, 800,
+                     f"torchvision's {name} (detection, COCO classes)", "detection",
+                     categories, fit)
 
 
 def _load_state(model: nn.Module, path: str) -> None:
@@ -386,6 +418,8 @@ def _description(name: str) -> str:
 for _n in torchvision.models.list_models(module=torchvision.models):
     _d, _kw = _SPECIAL.get(_n, (_description(_n), {}))
     register_model(_torchvision_spec(_n, _d, **_kw))
+for _n in torchvision.models.list_models(module=torchvision.models.detection):
+    register_model(_torchvision_detector_spec(_n))
 for _n in torchvision.models.list_models(module=torchvision.models.segmentation):
     register_model(_torchvision_spec(_n, f"torchvision's {_n} (segmentation, Pascal VOC classes)",
                                      segmentation=True))

@@ -101,6 +101,24 @@ def outline(image: Image.Image, mask, color=(0, 255, 0)) -> Image.Image:
     return Image.fromarray(picture)
 
 
+def draw_boxes(image: Image.Image, boxes, captions, color=(0, 255, 0)) -> Image.Image:
+    """``image`` with each box (x0, y0, x1, y1, in its pixels) outlined in ``color`` and its
+    caption above it: a detector's detections."""
+    from PIL import ImageDraw
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    width = max(1, round(min(picture.size) / 200))
+    for box, caption in zip(boxes, captions):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
+        left, top, right, bottom = draw.textbbox((x0, y0), caption)
+        lift = bottom - top + 2
+        y = y0 - lift if y0 >= lift else y0
+        draw.rectangle((x0, y, x0 + right - left + 4, y + lift), fill=color)
+        draw.text((x0 + 2, y), caption, fill=(0, 0, 0))
+    return picture
+
+
 def model_view(spec, image: Image.Image) -> Image.Image:
     """The image as the model of ``spec`` (a :class:`relprop.models.ModelSpec`) sees it: its
     own view where it has one (a Hugging Face processor's), else resized and centre-cropped."""

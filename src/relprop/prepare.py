@@ -111,12 +111,17 @@ def target(text: str | None, class_names) -> int | None:
                      f"exact class name of this model{hint}", "target")
 
 
-def region(text: str | None, kind: str, class_index: int | None, class_names, size: int):
+def region(text: str | None, kind: str, class_index: int | None, class_names, size: int,
+           detections: int = 3, min_score: float = 0.5):
     """The target of a segmentation model: ``class_index`` (None: the class predicted at the
     most pixels, leaving out a background class) over its predicted pixels, or over the box
     ``text`` ('x0,y0,x1,y1' in pixels of the model's ``size`` x ``size`` input). A class index
-    as it is for a classifier, which takes no region."""
+    as it is for a classifier, which takes no region. For a detector: the detection that
+    matches the box ``text`` (of class ``class_index`` where given), else up to
+    ``detections`` of at least ``min_score`` (of that class where given)."""
     from .targets import ClassRegion
+    if kind == "detection":
+        return _detection_target(text, class_index, detections, min_score)
     if kind != "segmentation":
         if text is not None:
             raise SetupError("a region needs a segmentation model (this one is a "
@@ -134,6 +139,21 @@ def region(text: str | None, kind: str, class_index: int | None, class_names, si
     background = tuple(i for i, name in enumerate(class_names)
                        if name.strip("_").lower() in ("background", "bg"))
     return ClassRegion(class_index, box, size=(size, size), ignore=background)
+
+
+def _detection_target(text, class_index, detections, min_score):
+    from .detection import BoxTarget, Detections
+    if detections < 1:
+        raise SetupError(f"{detections} detections: explain at least 1", "detections")
+    if not 0 <= min_score <= 1:
+        raise SetupError(f"{min_score} is no score: give a probability in [0, 1]", "min-score")
+    if text is None:
+        return Detections(detections, min_score, class_index)
+    try:
+        return BoxTarget(tuple(float(v) for v in text.split(",")), class_index)
+    except ValueError:
+        raise SetupError(f"'{text}' is not a box x0,y0,x1,y1 (pixels of the image, x0 < x1, "
+                         "y0 < y1)", "region") from None
 
 
 @contextmanager

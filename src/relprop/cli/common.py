@@ -70,7 +70,14 @@ def image_options(p) -> None:
     p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
                    help="segmentation models: explain the class over this box of the model's "
                         "input (pixels; default: the pixels predicted as the class)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--detections", type=int, default=3, metavar="K",
+                   help="detectors: explain up to K detections per image, the highest scores "
+                        "first (default 3); --target keeps those of one class, --region the one "
+                        "matching a box X0,Y0,X1,Y1 of the picture")
+    p.add_argument("--min-score", type=float, default=0.5, metavar="P",
+                   help="detectors: explain only detections scored at least P (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per batch (default 8; detectors take one image at a time)")
 
 
 def choices(text, valid, option) -> list[str]:
@@ -196,7 +203,10 @@ class Job:
     inputs: list
 
     def batches(self, batch_size, skipped, progress):
-        """(prepared images, their batch on the device) as the run needs them."""
+        """(prepared images, their batch on the device) as the run needs them; a detector's
+        images one at a time (each keeps its own size)."""
+        if self.spec.kind == "detection":
+            batch_size = 1
         for batch in batches(_prepared(self.inputs, self.preprocess, self.spec, skipped,
                                        progress), batch_size):
             yield batch, torch.stack([item.tensor for item in batch]).to(self.device, self.dtype)
@@ -213,7 +223,8 @@ def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
         spec = models.spec(loaded.name)
         target = prepare.region(getattr(args, "region", None), spec.kind,
                                 prepare.target(args.target, loaded.class_names),
-                                loaded.class_names, spec.input_size)
+                                loaded.class_names, spec.input_size,
+                                getattr(args, "detections", 3), getattr(args, "min_score", 0.5))
         with prepare.out_of_memory(f"moving {loaded.name} to {device}", "use --device cpu"):
             model = loaded.model.to(device, dtype)
     explainers = explainers_for(model, chosen, dtype, layer)

@@ -14,7 +14,7 @@ from .. import plot
 from ..api import DEFAULT_METHOD
 from ..registry import methods
 from ..outputs import strict_json, write_json
-from .common import explain_batch, image_options, job, writing
+from .common import Failure, explain_batch, image_options, job, one_line, writing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUT_SUFFIXES = ("_heatmap.png", "_overlay.png")
@@ -34,6 +34,24 @@ class Row:
     negative: float
     heatmap: str
     overlay: str
+
+
+@dataclass
+class DetectionRow:
+    image: str  # the stem of this detection's output files
+    file: str  # the input file as given
+    detection: int  # the detection's index in the model's output for the image
+    explained: str  # its label
+    target: int
+    probability: float  # the model's score
+    box: str  # x0,y0,x1,y1 in the picture's pixels
+    logit: float  # the logit behind the score: what the map explains
+    relevance_sum: float
+    positive: float
+    negative: float
+    heatmap: str
+    overlay: str
+    boxes: str  # the picture with the image's explained detections
 
 
 def add_parser(sub) -> None:
@@ -69,8 +87,14 @@ def run(args) -> int:
     rows, skipped = [], []
     progress = tqdm(total=len(items), desc=f"{args.method} {name}", unit="img", file=sys.stderr,
                     disable=len(items) < 2)
+    detector = work.spec.kind == "detection"
     try:
         for batch, x in work.batches(args.batch_size, skipped, progress):
+            if detector:
+                rows.extend(explain_detections(out, batch[0], x, explain, target, class_names,
+                                               skipped))
+                progress.update(1)
+                continue
             e = explain_batch(explain, x, target)
             regions = target.mask(e.logits, e.target) if hasattr(target, "mask") else None
             rows.extend(write_images(out, item, e, i, class_names,
@@ -89,7 +113,8 @@ def clear_previous_run(out: Path) -> None:
     ``out`` only), so that nothing there is mistaken for this run's output."""
     try:
         previous = json.loads((out / "summary.json").read_text())
-        listed = [str(row[key]) for row in previous["images"] for key in ("heatmap", "overlay")]
+        listed = [str(row[key]) for row in previous["images"]
+                  for key in ("heatmap", "overlay", "boxes") if key in row]
     except (OSError, ValueError, KeyError, TypeError):
         listed = []
     for name in {Path(p).name for p in listed if p.lower().endswith(".png")}:
@@ -124,13 +149,54 @@ def write_images(out, item, e, i, class_names, region=None) -> Row:
                str(heat_path), str(overlay_path))
 
 
+def explain_detections(out, item, x, explain, target, class_names, skipped) -> list:
+    """One image of a detector: its explained detections drawn on the picture
+    (NAME_detections.png), and per detection a heat map and an overlay with its box
+    (NAME_detK_heatmap.png, NAME_detK_overlay.png); an image without a detection the target
+    selects is listed as skipped."""
+    try:
+        e = explain(x, target)
+    except ValueError as err:
+        if "no detection" not in str(err):
+            raise Failure(str(err)) from None
+        reason = one_line(str(err))
+        tqdm.write(f"relprop: skipping {item.source.file}: {reason}", file=sys.stderr)
+        skipped.append({"file": item.source.file, "reason": reason})
+        return []
+    names = [class_names[d.label] if 0 <= d.label < len(class_names) else str(d.label)
+             for d in e.detections]
+    boxes_path = out / f"{item.source.name}_detections.png"
+    with writing(boxes_path):
+        plot.draw_boxes(item.view, [d.box for d in e.detections],
+                        [f"{n} {d.score:.2f}" for n, d in zip(names, e.detections)]
+                        ).save(boxes_path)
+    rows = []
+    for r, (d, label) in enumerate(zip(e.detections, names)):
+        stem = f"{item.source.name}_det{d.index}"
+        heat = e.heatmap[r]
+        heat_path, overlay_path = (out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES)
+        with writing(heat_path):
+            plot.heatmap_image(heat).save(heat_path)
+        with writing(overlay_path):
+            plot.draw_boxes(plot.overlay_image(item.view, heat), [d.box],
+                            [f"{label} {d.score:.2f}"]).save(overlay_path)
+        rel = e.relevance[r]
+        rows.append(DetectionRow(stem, item.source.file, d.index, label, d.label, d.score,
+                                 ",".join(f"{v:.1f}" for v in d.box), float(e.score[r]),
+                                 float(rel.sum()), float(rel.clamp(min=0).sum()),
+                                 float(rel.clamp(max=0).sum()), str(heat_path),
+                                 str(overlay_path), str(boxes_path)))
+    return rows
+
+
 def write_summary(out, model_name, method, rows, skipped) -> None:
     """summary.csv and summary.json of this run, also where nothing was explained. The JSON is
     strict: non-finite numbers become null."""
     records = [strict_json(asdict(r)) for r in rows]
     with writing(out / "summary.csv"):
         with open(out / "summary.csv", "w", newline="", errors="surrogateescape") as f:
-            w = csv.DictWriter(f, fieldnames=[field.name for field in fields(Row)])
+            kind = type(rows[0]) if rows else Row
+            w = csv.DictWriter(f, fieldnames=[field.name for field in fields(kind)])
             w.writeheader()
             w.writerows(records)
     with writing(out / "summary.json"):
@@ -139,6 +205,8 @@ def write_summary(out, model_name, method, rows, skipped) -> None:
 
 
 def report(rows, skipped, out, model_name, method):
+    if rows and isinstance(rows[0], DetectionRow):
+        return report_detections(rows, skipped, out, model_name, method)
     header = (f"{'image':14s} {'predicted':24s} {'prob':>5s} {'explained':24s} {'logit':>8s} "
               f"{'sum R':>8s} {'R+':>9s} {'R-':>9s}")
     print(f"model: {model_name}  method: {method}")
@@ -150,3 +218,15 @@ def report(rows, skipped, out, model_name, method):
               f"{r.negative:9.3f}")
     unread = f"; skipped {len(skipped)} images (listed in summary.json)" if skipped else ""
     print(f"wrote {2 * len(rows)} PNGs, summary.csv and summary.json to {out}/{unread}")
+
+
+def report_detections(rows, skipped, out, model_name, method):
+    print(f"model: {model_name}  method: {method}")
+    print(f"{'detection':20s} {'label':16s} {'score':>5s} {'box':>24s} {'logit':>8s} "
+          f"{'sum R':>8s} {'R+':>9s} {'R-':>9s}")
+    for r in rows:
+        print(f"{r.image[:20]:20s} {r.explained[:16]:16s} {r.probability:5.2f} {r.box[:24]:>24s} "
+              f"{r.logit:8.3f} {r.relevance_sum:8.3f} {r.positive:9.3f} {r.negative:9.3f}")
+    pictures = 2 * len(rows) + len({r.boxes for r in rows})
+    unread = f"; skipped {len(skipped)} images (listed in summary.json)" if skipped else ""
+    print(f"wrote {pictures} PNGs, summary.csv and summary.json to {out}/{unread}")
