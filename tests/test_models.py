@@ -16,7 +16,7 @@ def test_registry_covers_every_torchvision_builder():
     expected = set(torchvision.models.list_models(module=torchvision.models))
     expected |= set(torchvision.models.list_models(module=torchvision.models.segmentation))
     expected |= set(torchvision.models.list_models(module=torchvision.models.detection))
-    expected |= {"efficientnet_lite0", "synthetic-cnn", "synthetic-vit"}
+    expected |= {"efficientnet_lite0", "synthetic-cnn", "synthetic-vit", "synthetic-detector"}
     assert set(models.names()) == expected
     assert {"vgg16", "resnet50", "inception_v3", "vit_h_14", "convnext_tiny",
             "fcn_resnet50", "lraspp_mobilenet_v3_large"} <= expected

@@ -334,6 +334,7 @@ class PerImage(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
+        self.train(module.training)
 
     def forward(self, x):
         return torch.cat([self.module(x[i:i + 1]) for i in range(x.shape[0])])
@@ -377,38 +378,47 @@ class DetectionExplainer:
 
     def explain(self, images: torch.Tensor, target=None, layer=None,
                 **options) -> DetectionExplanation:
-        from .api import method_explainer
         from .explainer import check_batch
         self.check(images.dtype if isinstance(images, torch.Tensor) else None, layer)
         check_batch(self.model, images, rank=4)
         selectors = selector(target, images.shape[0])
-        rows, chosen = [], []
+        parts = []
         for i, select in enumerate(selectors):
             x = images[i:i + 1]
             found = scene(self.model, x, i)
             picked = select.select(found.detections, i)
-            if not picked:
-                continue
-            module = found.logit_model
-            if self.spec.family != "propagation" and module is not self.model:
-                module = PerImage(module)
-            inner = method_explainer(module, self.method, **self.options)
-            targets = []
-            for d in picked:
-                w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)
-                w.view(-1)[d.position] = 1
-                targets.append(w)
-            rows += inner.explain_each(x, targets, **options)
-            chosen += picked
-        if not rows:
+            if picked:
+                parts.append(self.explain_scene(found, x, picked, **options))
+        if not parts:
             raise ValueError(f"no detection to explain: the model found none that the target "
-                             f"{target!r} selects in any image")
-        return DetectionExplanation(
-            torch.cat([r.relevance for r in rows]),
-            torch.tensor([d.label for d in chosen]),
-            torch.cat([r.score for r in rows]),
-            torch.cat([r.score for r in rows]).view(-1, 1), self.method,
-            torch.stack([images[d.image] for d in chosen]), detections=chosen)
+                             f"{target!r} selects in any image (the model itself keeps only "
+                             "detections above its own score threshold)")
+        return DetectionExplanation(*(torch.cat([getattr(p, f) for p in parts])
+                                      for f in ("relevance", "target", "score", "logits")),
+                                    self.method, torch.cat([p.inputs for p in parts]),
+                                    detections=[d for p in parts for d in p.detections])
+
+    def explain_scene(self, found: Scene, x: torch.Tensor, picked: list[Detected],
+                      **options) -> DetectionExplanation:
+        """The detections ``picked`` of one image ``x`` (1, C, H, W) whose :func:`scene` is
+        ``found``: one forward pass of its logit model, a reverse sweep per detection."""
+        from .api import method_explainer
+        module = found.logit_model
+        if self.spec.family != "propagation" and module is not self.model:
+            module = PerImage(module)
+        inner = method_explainer(module, self.method, **self.options)
+        targets = []
+        for d in picked:
+            w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)
+            w.view(-1)[d.position] = 1
+            targets.append(w)
+        rows = inner.explain_each(x, targets, **options)
+        score = torch.cat([r.score for r in rows])
+        return DetectionExplanation(torch.cat([r.relevance for r in rows]),
+                                    torch.tensor([d.label for d in picked]), score,
+                                    score.view(-1, 1), self.method,
+                                    x.detach().expand(len(picked), *x.shape[1:]),
+                                    detections=list(picked))
 
 
 __all__ = ["Detected", "Detections", "BoxTarget", "DetectionExplainer",

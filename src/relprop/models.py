@@ -224,6 +224,30 @@ def _synthetic_spec(arch: str) -> ModelSpec:
                      class_names=lambda: list(synthetic.CLASSES), view=view)
 
 
+def _synthetic_detector_spec() -> ModelSpec:
+    """relprop's Faster R-CNN trained on the synthetic detection set (``relprop evaluate --data
+    synthetic:shapes-detection``): trained once on two cores, then read from relprop's cache;
+    ``weights`` a state-dict file instead."""
+    from .evaluate import synthetic_detection as detection_set
+
+    def load(weights):
+        if weights is None or weights == detection_set.NAME:
+            return detection_set.trained()[0]
+        model = detection_set.build()
+        _load_state(model, weights)
+        return model
+
+    def view(image):
+        return image.convert("RGB")
+
+    return ModelSpec("synthetic-detector", detection_set.build, load,
+                     lambda: lambda image: detection_set.to_tensor(view(image)),
+                     detection_set.SIZE, detection_set.SIZE,
+                     "relprop's Faster R-CNN trained on the synthetic shapes-detection set "
+                     "(128x128 pictures of 2-4 shapes)", "detection",
+                     lambda: ["background", *detection_set.synthetic.CLASSES], view)
+
+
 @functools.lru_cache(maxsize=16)
 def _timm_spec(name: str) -> ModelSpec:
     """``timm:NAME``: a model of timm (``pip install -e '.[timm]'``), built by
@@ -426,6 +450,7 @@ for _n in torchvision.models.list_models(module=torchvision.models.segmentation)
 register_model(_efficientnet_lite0())
 for _arch in ("cnn", "vit"):
     register_model(_synthetic_spec(_arch))
+register_model(_synthetic_detector_spec())
 register_model_family("timm", _timm_spec)
 register_model_family("hf", _hf_spec)
 

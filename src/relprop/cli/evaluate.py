@@ -32,7 +32,10 @@ def add_parser(sub) -> None:
                         "which is then explained), or synthetic:shapes / "
                         "synthetic:shapes-distractor (generated images whose evidence is known; "
                         "explains relprop's networks trained on them, --model synthetic-cnn or "
-                        "synthetic-vit; 100 images unless --limit); default: scikit-image's "
+                        "synthetic-vit; 100 images unless --limit), or "
+                        "synthetic:shapes-detection (relprop's Faster R-CNN on pictures of "
+                        "several shapes, their masks known; 40 pictures unless --limit); "
+                        "default: scikit-image's "
                         f"{', '.join(prepare.SAMPLES)}, predicted classes")
     p.add_argument("--boxes", default=None,
                    help="object boxes: a folder of Pascal VOC XML files (IMAGE.xml, as "
@@ -72,6 +75,12 @@ def add_parser(sub) -> None:
                         f"stability (default: {','.join(f'{s:g}' for s in d.sigmas)})")
     p.add_argument("--samples", type=int, default=d.samples,
                    help=f"noise draws per image and level (default: {d.samples})")
+    p.add_argument("--detections", type=int, default=3, metavar="K",
+                   help="synthetic:shapes-detection: explain up to K detections per picture "
+                        "(default 3)")
+    p.add_argument("--min-score", type=float, default=0.5, metavar="P",
+                   help="synthetic:shapes-detection: explain detections scored at least P "
+                        "(default 0.5)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--restart", action="store_true",
@@ -106,7 +115,8 @@ def synthetic_set(args) -> str | None:
     name = args.data.split(":", 1)[1]
     if name not in synthetic.SETS:
         raise Failure(f"--data {args.data}: no such synthetic set; available: "
-                      f"{', '.join('synthetic:' + s for s in synthetic.SETS)}")
+                      f"{', '.join('synthetic:' + s for s in synthetic.SETS)}, "
+                      "synthetic:shapes-detection")
     if args.weights:
         raise Failure("--data synthetic:NAME explains the networks relprop trains on the set; "
                       "leave out --weights")
@@ -208,6 +218,10 @@ def examples(explainers: dict, items, read, truth, loaded, device, path) -> None
 def run(args) -> int:
     """The paper's checks of every chosen method on a data set; sharded under torchrun."""
     from ..evaluate.run import METRICS, PERTURBATION_ORDERS, Settings, processes
+    from ..evaluate.synthetic_detection import NAME as DETECTION_SET
+    if args.data == f"synthetic:{DETECTION_SET}":
+        from . import evaluate_detection
+        return evaluate_detection.run(args)
     chosen = method_choice(args.methods)
     known = synthetic_set(args)  # a set with known evidence, or None
     default_metrics = ["perturbation", "stability"] + (

@@ -43,18 +43,18 @@ def sample(name: str, index: int, seed: int = 0) -> Sample:
     """Image ``index`` of set ``name`` under ``seed``."""
     check_name(name)
     rng = np.random.default_rng([seed, index, SETS.index(name)])
-    image = _background(rng)
+    image = background(rng)
     label = int(rng.integers(len(CLASSES)))
     side = int(rng.integers(*LARGE))
-    box = _place(rng, side, [])
-    mask = _shape_mask(CLASSES[label], box)
-    _paint(image, mask, rng)
+    box = place(rng, side, [])
+    mask = shape_mask(CLASSES[label], box)
+    paint(image, mask, rng)
     if name == "shapes":
         return Sample(Image.fromarray(image), label, mask)
     other = int((label + rng.integers(1, len(CLASSES))) % len(CLASSES))
     small_side = int(rng.integers(*SMALL))
-    small = _shape_mask(CLASSES[other], _place(rng, small_side, [box]))
-    _paint(image, small, rng)
+    small = shape_mask(CLASSES[other], place(rng, small_side, [box]))
+    paint(image, small, rng)
     return Sample(Image.fromarray(image), label, mask, other, small)
 
 
@@ -62,20 +62,20 @@ def dataset(name: str, count: int, seed: int = 0, start: int = 0) -> list[Sample
     return [sample(name, i, seed) for i in range(start, start + count)]
 
 
-def _background(rng) -> np.ndarray:
+def background(rng, size: int = SIZE) -> np.ndarray:
     """Grey-ish texture: an 8x8 grid of random levels upsampled smoothly, plus pixel noise."""
     coarse = rng.uniform(70, 180, size=(8, 8, 3)).astype(np.float32)
     coarse = coarse.mean(2, keepdims=True) * 0.7 + coarse * 0.3  # mostly grey
-    smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((SIZE, SIZE),
+    smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size),
                                                                         Image.BILINEAR))
-    noise = rng.normal(0, 12, size=(SIZE, SIZE, 3))
+    noise = rng.normal(0, 12, size=(size, size, 3))
     return np.clip(smooth + noise, 0, 255).astype(np.uint8)
 
 
-def _place(rng, side: int, taken: list) -> tuple[int, int, int, int]:
+def place(rng, side: int, taken: list, size: int = SIZE) -> tuple[int, int, int, int]:
     """A box of ``side`` inside the image, apart from the boxes in ``taken`` (2 px gap)."""
     for _ in range(1000):
-        x, y = (int(v) for v in rng.integers(1, SIZE - side - 1, size=2))
+        x, y = (int(v) for v in rng.integers(1, size - side - 1, size=2))
         box = (x, y, x + side, y + side)
         if all(box[2] + 2 <= t[0] or t[2] + 2 <= box[0] or box[3] + 2 <= t[1]
                or t[3] + 2 <= box[1] for t in taken):
@@ -83,9 +83,9 @@ def _place(rng, side: int, taken: list) -> tuple[int, int, int, int]:
     raise RuntimeError("no free place for a shape")  # cannot happen at these sizes
 
 
-def _shape_mask(shape: str, box) -> np.ndarray:
+def shape_mask(shape: str, box, size: int = SIZE) -> np.ndarray:
     x0, y0, x1, y1 = box
-    layer = Image.new("L", (SIZE, SIZE), 0)
+    layer = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(layer)
     if shape == "disc":
         draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=255)
@@ -100,7 +100,7 @@ def _shape_mask(shape: str, box) -> np.ndarray:
     return np.asarray(layer) > 0
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, rng) -> None:
+def paint(image: np.ndarray, mask: np.ndarray, rng) -> None:
     """Fill ``mask`` with one saturated colour, bright or dark, that stands out from the grey."""
     colour = rng.uniform(0, 1, size=3)
     colour[rng.integers(3)] = 1.0
