@@ -133,6 +133,9 @@ def test_a_bad_target_is_one_clear_error():
         relprop.explain(model, x, target="dog")
     with pytest.raises(ValueError, match="is a detector"):
         relprop.RAP(model)
+    for method in ("guided-backprop", "grad-cam", "deeplift"):  # they hook modules it has not
+        with pytest.raises(relprop.NotApplicable, match="not available for detectors"):
+            relprop.explainer(model, method)
 
 
 @pytest.mark.parametrize("method", ["gradient", "integrated-gradients", "lrp-epsilon-plus"])

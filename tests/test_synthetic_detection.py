@@ -60,21 +60,22 @@ def test_mean_average_precision_is_one_for_the_truth_and_low_for_nonsense():
     assert S.mean_average_precision(Oracle(False)) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_detection_set_trains_once_and_measures_every_detection(
         tmp_path, monkeypatch, capsys):
-    """``relprop evaluate --data synthetic:shapes-detection`` end to end, with a recipe cut to
-    seconds (the full one is measured in docs/detection.md): trained on the spot and cached,
-    every explained detection measured against the masks, rap-stable conserving."""
+    """``relprop evaluate --data synthetic:shapes-detection`` end to end: the detector is trained
+    on the spot to the stated mAP@0.5 (measured 0.988 with one thread, 0.992 with two), once
+    (the second run loads it from the cache); every explained detection is measured against
+    the masks, rap-stable conserving; and RAP's claim holds: the positive relevance is on the
+    detection's own shape far more than on the other shapes."""
     from relprop import cli
     monkeypatch.setenv("RELPROP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(S, "PER_EPOCH", 32)
-    monkeypatch.setattr(S, "EPOCHS", 1)
-    monkeypatch.setattr(S, "TEST", 4)
-    run = ["evaluate", "--data", "synthetic:shapes-detection", "--limit", "2", "--methods",
-           "rap-stable,gradient", "--steps", "4", "--min-score", "0"]
+    run = ["evaluate", "--data", "synthetic:shapes-detection", "--limit", "4", "--methods",
+           "rap-stable,gradient", "--steps", "4"]
     assert cli.main([*run, "--out", str(tmp_path / "first")]) == 0
     err = capsys.readouterr().err
     assert "training the synthetic detector on shapes-detection once" in err
+    assert float(err.split("mAP@0.5 ")[1].split()[0]) >= 0.95
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     assert cli.main([*run, "--out", str(tmp_path / "second")]) == 0
     assert "training" not in capsys.readouterr().err
@@ -82,9 +83,22 @@ def test_evaluate_on_the_detection_set_trains_once_and_measures_every_detection(
                      for d in ("first", "second"))
     assert first["methods"] == second["methods"]
     figures = first["methods"]["rap-stable"]
-    assert figures["detections"] >= 2 and figures["max_delta"] < 1e-3
-    for metric in ("on_object", "on_others", "pointing"):
-        assert figures[metric] is None or 0 <= figures[metric] <= 1  # None: nothing matched
+    assert figures["detections"] >= 8 and figures["max_delta"] < 1e-3
+    assert figures["on_object"] > 0.5 > figures["on_others"]
+    assert 0 <= figures["pointing"] <= 1
     rows = (tmp_path / "first" / "per_detection.csv").read_text().splitlines()
-    assert rows[0].startswith("picture,method,detection") and len(rows) >= 5
+    assert rows[0].startswith("picture,method,detection")
+    assert len(rows) == 1 + 2 * figures["detections"]  # a row per detection and method
     assert (tmp_path / "first" / "metrics.md").read_text().startswith("Synthetic detection")
+    from PIL import Image
+    with Image.open(tmp_path / "first" / "examples.png") as picture:
+        assert picture.format == "PNG"
+    # the trained detector is a registry entry: explain takes it by name, from the cache
+    image = tmp_path / "shapes.png"
+    S.sample(S.EVALUATE_START).image.save(image)
+    assert cli.main(["explain", "--model", "synthetic-detector", "--detections", "2", "--out",
+                     str(tmp_path / "explained"), str(image)]) == 0
+    out = capsys.readouterr()
+    assert "training" not in out.err and "shapes_det" in out.out
+    assert (tmp_path / "explained" / "shapes_detections.png").is_file()
+    assert len(list((tmp_path / "explained").glob("shapes_det*_overlay.png"))) == 2

@@ -342,6 +342,14 @@ class PerImage(nn.Module):
 
 # --------------------------------------------------------------------------- explaining
 
+# Methods that hook the model's modules: on a recording they would see none and compute
+# something else without a word (guided backpropagation would be the plain gradient).
+NEEDS_MODULES = {"grad-cam": "a layer's activations", "guided-backprop": "hooks on its ReLUs",
+                 "deeplift": "hooks on its non-linear modules",
+                 "attention-rollout": "its attention modules",
+                 "attention-rollout-grad": "its attention modules"}
+
+
 @dataclass
 class DetectionExplanation(Explanation):
     """One row per explained detection: ``relevance[r]`` is over the image of
@@ -360,9 +368,15 @@ class DetectionExplainer:
     once per detection from it."""
 
     def __init__(self, model: nn.Module, method: str, **options):
+        from .errors import NotApplicable
         from .registry import get_method
         self.model, self.method, self.options = model, method, options
         self.spec = get_method(method)
+        if method in NEEDS_MODULES and is_torchvision_detector(model):
+            raise NotApplicable(
+                f"{method} works through the model's own modules ({NEEDS_MODULES[method]}), "
+                "which the recorded function from a torchvision detector's image to its "
+                "logits does not call; it is not available for detectors yet")
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
         """Raise a ValueError now, before any image is read, for what cannot be explained."""

@@ -8,7 +8,8 @@ from tqdm import tqdm
 from .. import plot
 from ..outputs import write_json
 from ..registry import methods
-from .common import Failure, explain_batch, image_options, job, method_choice, writing
+from .common import (Failure, explain_batch, image_options, job, method_choice, one_line,
+                     writing)
 
 
 def add_parser(sub) -> None:
@@ -19,7 +20,8 @@ def add_parser(sub) -> None:
                          "that applies to the model)")
     co.add_argument("--out", default="relprop-compare",
                     help="output folder (default: relprop-compare): compare.png (rows: images, "
-                         "columns: methods), NAME_METHOD.png overlays and compare.json")
+                         "or a detector's detections; columns: methods), NAME_METHOD.png "
+                         "overlays and compare.json")
     co.set_defaults(run=run)
 
 
@@ -36,6 +38,35 @@ def write_outputs(out, name, chosen, rows, records, skipped, interrupted=False) 
         write_json(out / "compare.json", record)
 
 
+def explained_by_each(work, x, target, batch, skipped) -> dict:
+    """method -> the batch's Explanation; {} for a detector's image where the target selects
+    no detection (listed as skipped)."""
+    try:
+        return {m: explain_batch(work.explainers[m], x, target) for m in work.explainers}
+    except Failure as err:
+        if work.spec.kind != "detection" or "no detection" not in str(err):
+            raise
+        reason = one_line(str(err))
+        tqdm.write(f"relprop: skipping {batch[0].source.file}: {reason}", file=sys.stderr)
+        skipped.append({"file": batch[0].source.file, "reason": reason})
+        return {}
+
+
+def panels(batch, found, chosen):
+    """(input, output name, picture) per row of the explanations: an image, or for a detector
+    each explained detection, its box drawn on the picture."""
+    if not found:
+        return
+    detections = getattr(found[chosen[0]], "detections", None)
+    if detections is None:
+        yield from ((item, item.source.name, item.view) for item in batch)
+        return
+    item = batch[0]
+    for d in detections:
+        yield item, f"{item.source.name}_det{d.index}", \
+            plot.draw_boxes(item.view, [d.box], [f"{d.score:.2f}"])
+
+
 def run(args) -> int:
     """Every requested method on every image: one grid, one overlay per image and method."""
     work = job(args, method_choice(args.methods))
@@ -46,21 +77,21 @@ def run(args) -> int:
                     disable=len(work.inputs) < 2)
     try:
         for batch, x in work.batches(args.batch_size, skipped, progress):
-            found = {m: explain_batch(work.explainers[m], x, target) for m in chosen}
-            for i, item in enumerate(batch):
+            found = explained_by_each(work, x, target, batch, skipped)
+            for i, (item, stem, picture) in enumerate(panels(batch, found, chosen)):
                 first = found[chosen[0]]
                 explained = class_names[int(first.target[i])]
                 heat = {m: e.heatmap[i] for m, e in found.items()}
-                record = {"image": item.source.name, "file": item.source.file,
+                record = {"image": stem, "file": item.source.file,
                           "explained": explained, "score": float(first.score[i]), "methods": {}}
                 for m, e in found.items():
-                    path = out / f"{item.source.name}_{m}.png"
+                    path = out / f"{stem}_{m}.png"
                     with writing(path):
-                        plot.overlay_image(item.view, heat[m]).save(path)
+                        plot.overlay_image(picture, heat[m]).save(path)
                     record["methods"][m] = {"relevance_sum": float(e.relevance[i].sum()),
                                             "overlay": str(path)}
                 records.append(record)
-                rows.append((f"{item.source.name}: {explained}", item.view, heat))
+                rows.append((f"{stem}: {explained}", picture, heat))
             progress.update(len(batch))
     except KeyboardInterrupt:  # Ctrl+C: the grid and compare.json hold the finished images
         progress.close()
