@@ -203,19 +203,26 @@ def cache_dir():
 def trained(name: str, arch: str, seed: int = 0, log=None):
     """The ``arch`` network trained on set ``name`` by :func:`train`: trained once, then loaded
     from the cache. Returns (model in eval mode, test accuracy)."""
+    check_name(name)
+    path = cache_dir() / f"synthetic-{name}-{arch}-recipe{RECIPE_VERSION}-seed{seed}.pt"
+    return cached(path, build(arch), lambda: train(name, arch, seed, progress=True),
+                  f"the synthetic {arch} on {name} once (1 minute for the CNN, 3 for the ViT on "
+                  "two cores)", log)
+
+
+def cached(path, model, train, what: str, log=None):
+    """``(model, figure)`` from ``path``, where ``train()`` saved them the first time (it
+    returns the trained model and its test figure: an accuracy, a mAP); ``what`` is said while
+    it trains."""
     import sys
 
     import torch
-    check_name(name)
-    path = cache_dir() / f"synthetic-{name}-{arch}-recipe{RECIPE_VERSION}-seed{seed}.pt"
-    model = build(arch)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["state"])
         return model.eval(), float(saved["accuracy"])
-    print(f"relprop: training the synthetic {arch} on {name} once (1 minute for the CNN, 3 for "
-          f"the ViT on two cores); it is kept in {path}", file=log or sys.stderr, flush=True)
-    model, found = train(name, arch, seed, progress=True)
+    print(f"relprop: training {what}; it is kept in {path}", file=log or sys.stderr, flush=True)
+    model, found = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save({"state": model.state_dict(), "accuracy": found}, partial)

@@ -159,16 +159,6 @@ def trained(seed: int = 0, log=None):
     """The detector trained by :func:`train`: once, then from the cache. Returns (model in eval
     mode, mAP@0.5 on the test pictures)."""
     path = synthetic.cache_dir() / f"synthetic-{NAME}-recipe{RECIPE_VERSION}-seed{seed}.pt"
-    model = build()
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["state"])
-        return model.eval(), float(saved["map"])
-    print(f"relprop: training the synthetic detector on {NAME} once (1-2 minutes on two "
-          f"cores); it is kept in {path}", file=log or sys.stderr, flush=True)
-    model, found = train(seed, progress=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save({"state": model.state_dict(), "map": found}, partial)
-    partial.replace(path)
-    return model, found
+    return synthetic.cached(path, build(), lambda: train(seed, progress=True),
+                            f"the synthetic detector on {NAME} once (1-2 minutes on two cores)",
+                            log)
