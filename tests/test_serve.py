@@ -373,3 +373,37 @@ def test_serve_offline_serves_the_embedded_model_on_this_machine_only(monkeypatc
     assert f"using {MODEL}" in err
     assert f"serving {MODEL} on cpu at http://127.0.0.1:{served['address'][1]}/" in err
     assert TestClient(served["app"]).get("/api/models").json()["loaded"] == MODEL
+
+
+def test_a_detector_serves_its_detections_and_the_map_of_the_one_clicked():
+    """A detector's picture shows its detections; the list to click holds them (index: the
+    detection's in the model's output); each answer is the map of one detection, as
+    relprop.explain computes it, summing to the logit behind its score."""
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    model = models.spec(name).build()  # random weights (offline)
+    model.roi_heads.score_thresh = 0.0  # so that every detection is kept
+    model.eval()
+    spec = models.spec(name)
+    preprocess = spec.preprocess()
+    client = TestClient(serve.create_app(name, model, preprocess, spec.class_names(), "cpu"))
+    methods = {m["name"] for m in client.get("/api/methods").json()["methods"]}
+    assert "rap-stable" in methods
+    assert not {"grad-cam", "guided-backprop", "deeplift"} & methods  # they hook modules
+    x = preprocess(load_image(io.BytesIO(CHELSEA), spec.resize))[None]
+    image = {"image": ("cat.png", CHELSEA, "image/png")}
+    for index in (None, 2):
+        fields = {"method": "rap-stable", **({} if index is None else {"target": str(index)})}
+        answer = client.post("/api/explain", files=image, data=fields).json()
+        want = relprop.explain(model, x, index or 0, method="rap-stable")
+        d = want.detections[0]
+        assert answer["detection"]["index"] == answer["target"]["index"] == d.index == (index or 0)
+        assert answer["score"] == pytest.approx(d.logit, rel=1e-5)
+        assert abs(answer["delta"]) < 1e-3 * max(1, abs(answer["score"]))
+        assert_same(np.array(answer["relevance"]), want.relevance[0])
+        assert d.index in [p["index"] for p in answer["predictions"]]
+    assert_words(client.post("/api/explain", files=image, data={"method": "rap", "target": "cat"}),
+                 400, "is no detection")
+    assert_words(client.post("/api/explain", files=image,
+                             data={"method": "rap", "target": "1000"}),
+                 400, "there is no detection 1000")

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from .. import api, models, plot, prepare
+from .. import api, detection, models, plot, prepare
 from ..errors import UnsupportedOperation, UntraceableModel
 from ..explanation import Explanation, class_scores
 from ..graph import traced
@@ -79,6 +79,9 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         layers = []  # the propagation methods say why they do not, per request
     modules = {name for name, _ in model.named_modules() if name}
     samples = _samples(images_dir)
+    detector = spec.kind == "detection"
+    if detector:  # methods that hook the model's modules do not explain a detection yet
+        all_methods = [m for m in all_methods if m not in detection.NEEDS_MODULES]
 
     # No Swagger page: it loads its scripts from a CDN. The schema itself is served.
     app = FastAPI(title="relprop", docs_url=None, redoc_url=None,
@@ -142,7 +145,7 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
         if relevance not in RELEVANCE_FORMATS:
             raise Refused(f"unknown relevance format '{relevance}'; formats: "
                           f"{', '.join(RELEVANCE_FORMATS)}")
-        index = _class_index(target, class_names)
+        index = _detection_index(target) if detector else _class_index(target, class_names)
         layer = layer or None
         if layer is not None and layer not in modules:  # a module's map may still be refused
             # below, by the method (no layer variant) or for its shape (not a map)
@@ -157,6 +160,11 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
             raise Refused(f"the image could not be prepared for {model_name}: "
                           f"{type(e).__name__}: {e}") from None
         view = plot.model_view(spec, picture)
+        if detector:
+            with prepare.out_of_memory(f"explaining one image on {device}",
+                                       "serve with --device cpu"):
+                return _detection_answer(model, x, index, method, view, class_names,
+                                         model_name, sign, opacity, relevance)
         try:
             exclusive = api.explainer(model, method).exclusive(layer)
             with lock.held(exclusive), prepare.out_of_memory(
@@ -218,6 +226,58 @@ def _class_index(text: str | None, class_names: list[str]) -> int | None:
                       "order)") from None
 
 
+def _detection_index(text: str | None) -> int | None:
+    """A detector's target: the index of a detection in its output (None: the top one)."""
+    if text is None or text == "":
+        return None
+    if not text.strip().isdigit():
+        raise Refused(f"'{text}' is no detection: a detector's target is the index of a "
+                      "detection in its output (0: the highest score)")
+    return int(text)
+
+
+SHOWN_SCORE = 0.3  # detections drawn on a detector's picture, and offered to explain
+
+
+def _detection_answer(model, x, index, method, view, class_names, model_name, sign, opacity,
+                      relevance) -> dict:
+    """One detection of one image (default: the top one): the picture with the detections
+    scored at least ``SHOWN_SCORE`` (the explained one in red), its map, and the detections as
+    the list one clicks to explain another."""
+    try:
+        found = detection.scene(model, x)
+        if not found.detections:
+            raise Refused("the model detects nothing in this image (above its own score "
+                          "threshold)")
+        index = 0 if index is None else index
+        if index >= len(found.detections):
+            raise Refused(f"there is no detection {index}: the model found "
+                          f"{len(found.detections)} in this image")
+        chosen = found.detections[index]
+        e = api.explainer(model, method).explain_scene(found, x, [chosen])
+    except (ValueError, UnsupportedOperation, UntraceableModel) as error:
+        raise Refused(str(error)) from None
+
+    def name(d):
+        return class_names[d.label] if 0 <= d.label < len(class_names) else str(d.label)
+    shown = [d for d in found.detections if d.score >= SHOWN_SCORE] or found.detections[:1]
+    if chosen not in shown:
+        shown.append(chosen)
+    view = plot.draw_boxes(view, [d.box for d in shown],
+                           [f"{d.index}: {name(d)} {d.score:.2f}" for d in shown])
+    view = plot.draw_boxes(view, [chosen.box], [f"{chosen.index}: {name(chosen)}"],
+                           color=(255, 60, 60))
+    predictions = [{"index": d.index, "name": f"{name(d)} (detection {d.index})",
+                    "probability": d.score, "score": d.logit} for d in shown]
+    answer = _answer(e, view, class_names, model_name, method, None, sign, opacity, relevance,
+                     predictions=predictions,
+                     target={"index": chosen.index, "name": f"{name(chosen)} (detection "
+                                                            f"{chosen.index})"})
+    answer["detection"] = {"index": chosen.index, "box": list(chosen.box),
+                           "label": chosen.label, "score": chosen.score}
+    return answer
+
+
 def _read_upload(data: bytes, min_size: int) -> Image.Image:
     """The uploaded picture as RGB (read as the CLI reads a file: ``min_size`` is the short side
     the model needs), refused in words where it is too large, empty or no image. The pixel
@@ -244,9 +304,10 @@ def _read_upload(data: bytes, min_size: int) -> Image.Image:
 
 
 def _answer(e: Explanation, view: Image.Image, class_names, model_name, method, layer,
-            sign, opacity, relevance) -> dict:
+            sign, opacity, relevance, predictions=None, target=None) -> dict:
     """The JSON of one explanation: numbers, the maps as base64 PNGs at the input's size, and
-    the raw relevance as asked."""
+    the raw relevance as asked; ``predictions`` and ``target`` where they are not classes (a
+    detector's detections)."""
     heat = e.heatmap[0].detach().float().cpu()
     if heat.dim() != 2:
         raise Refused(f"the relevance of layer '{layer}' has shape "
@@ -257,17 +318,19 @@ def _answer(e: Explanation, view: Image.Image, class_names, model_name, method, 
         heat = torch.nn.functional.interpolate(heat[None, None], size=size, mode="nearest")[0, 0]
     shown = SIGNS[sign]
     layer_image, limit = overlay_layer(heat, shown)
-    probs = e.probabilities[0].float().cpu()
-    top = probs.topk(min(TOP, len(probs)))
-    scores = class_scores(e.logits)[0].float().cpu()
     r = e.relevance[0].detach().float().cpu()
-    t = int(e.target[0])
+    if predictions is None:
+        probs = e.probabilities[0].float().cpu()
+        top = probs.topk(min(TOP, len(probs)))
+        scores = class_scores(e.logits)[0].float().cpu()
+        predictions = [{"index": int(i), "name": class_names[int(i)], "probability": float(p),
+                        "score": _number(scores[int(i)])}
+                       for p, i in zip(top.values, top.indices)]
+        t = int(e.target[0])
+        target = {"index": t, "name": class_names[t]}
     answer = {
         "model": model_name, "method": method, "layer": layer, "sign": sign,
-        "predictions": [{"index": int(i), "name": class_names[int(i)], "probability": float(p),
-                         "score": _number(scores[int(i)])}
-                        for p, i in zip(top.values, top.indices)],
-        "target": {"index": t, "name": class_names[t]},
+        "predictions": predictions, "target": target,
         "score": _number(e.score[0]), "relevance_sum": _number(r.sum()),
         "positive": _number(r.clamp(min=0).sum()), "negative": _number(r.clamp(max=0).sum()),
         "delta": _number(e.delta[0]), "colour_limit": _number(limit), "map_shape": own_shape,
