@@ -21,6 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import recording
+from .checks import check_batch
 from .explanation import Explanation
 
 aten = torch.ops.aten
@@ -247,7 +248,7 @@ def _squashings_behind(scores: fx.Node) -> list[fx.Node]:
         if node.target in _SQUASHINGS:
             found.append(node)
             continue
-        stack += [a for a in node.all_input_nodes if recording._is_float(a)]
+        stack += [a for a in node.all_input_nodes if recording.is_float(a)]
     if not found:
         raise ValueError("the detections' scores come from no softmax or sigmoid of logits: "
                          "relprop cannot find the logit to explain")
@@ -392,7 +393,6 @@ class DetectionExplainer:
 
     def explain(self, images: torch.Tensor, target=None, layer=None,
                 **options) -> DetectionExplanation:
-        from .explainer import check_batch
         self.check(images.dtype if isinstance(images, torch.Tensor) else None, layer)
         check_batch(self.model, images, rank=4)
         selectors = selector(target, images.shape[0])
@@ -416,11 +416,10 @@ class DetectionExplainer:
                       **options) -> DetectionExplanation:
         """The detections ``picked`` of one image ``x`` (1, C, H, W) whose :func:`scene` is
         ``found``: one forward pass of its logit model, a reverse sweep per detection."""
-        from .api import method_explainer
         module = found.logit_model
         if self.spec.family != "propagation" and module is not self.model:
             module = PerImage(module)
-        inner = method_explainer(module, self.method, **self.options)
+        inner = self.spec.build(module, method=self.method, **self.options)
         targets = []
         for d in picked:
             w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from . import engine
 from .errors import ForwardError, UntraceableModel
-from .explainer import Call, Explainer, check_batch
+from .checks import check_batch
+from .explainer import Call, Explainer
 from .analysis import attention_products
 from .graph import needs_example, traced
 from .ir import Attr

@@ -12,7 +12,6 @@ mask) is a constant of this input's computation (rap-spec §9.4). The result is 
 """
 from __future__ import annotations
 
-import operator
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -188,7 +187,7 @@ def signals(graph: fx.Graph) -> set[fx.Node]:
     data-dependent or not, is a constant of this input's computation."""
     found: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder" or (node.op == "call_function" and _is_float(node) and
+        if node.op == "placeholder" or (node.op == "call_function" and is_float(node) and
                                         signal_args(node, found)):
             found.add(node)
     return found
@@ -213,9 +212,8 @@ def _nodes_in(arg) -> list[fx.Node]:
     return found
 
 
-def _is_float(node: fx.Node) -> bool:
-    if node.op == "call_function" and node.target is operator.getitem:
-        return _is_float_value(node.meta.get("val"))
+def is_float(node: fx.Node) -> bool:
+    """Whether the node's recorded value is (or holds) a floating-point tensor."""
     return _is_float_value(node.meta.get("val"))
 
 
