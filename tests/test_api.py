@@ -75,6 +75,24 @@ def test_batch_results_equal_single_results(vgg):
     assert torch.allclose(batch, single, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["rap-stable", "gradient"])
+def test_several_targets_of_one_forward_pass_equal_separate_calls(method):
+    """``explain_each``: the top classes of a batch from one forward pass (a propagation
+    method sweeps back once per target from what it kept, without freeing it between sweeps)
+    are the separate calls' maps exactly."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval().double()
+    inputs = x(2, dtype=torch.float64)
+    explainer = relprop.explainer(model, method)
+    targets = [None, [3, 4], 7]
+    together = explainer.explain_each(inputs, targets)
+    for target, e in zip(targets, together):
+        alone = explainer.explain(inputs, target)
+        assert torch.equal(e.target, alone.target)
+        torch.testing.assert_close(e.relevance, alone.relevance, rtol=0, atol=1e-13)
+        torch.testing.assert_close(e.score, alone.score, rtol=0, atol=1e-13)
+
+
 def test_model_is_left_as_it_was(vgg):
     model = copy.deepcopy(vgg).train()
     model.features[0].weight.requires_grad_(False)
