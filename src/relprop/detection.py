@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from . import recording
 from .checks import check_batch
+from .errors import NoDetection
 from .explanation import Explanation
 
 aten = torch.ops.aten
@@ -84,7 +85,7 @@ class BoxTarget:
             hint = (f"; the nearest detection is label {near.label} at "
                     f"{tuple(round(v, 1) for v in near.box)} (IoU {iou(near.box, self.box):.2f})"
                     if near is not None else "; the model detected nothing")
-            raise ValueError(f"no detection of image {image} matches the box {self.box} "
+            raise NoDetection(f"no detection of image {image} matches the box {self.box} "
                              f"(label {self.label}) with IoU >= {self.iou}{hint}")
         return [best]
 
@@ -404,7 +405,7 @@ class DetectionExplainer:
             if picked:
                 parts.append(self.explain_scene(found, x, picked, **options))
         if not parts:
-            raise ValueError(f"no detection to explain: the model found none that the target "
+            raise NoDetection(f"no detection to explain: the model found none that the target "
                              f"{target!r} selects in any image (the model itself keeps only "
                              "detections above its own score threshold)")
         return DetectionExplanation(*(torch.cat([getattr(p, f) for p in parts])

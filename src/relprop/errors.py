@@ -27,6 +27,11 @@ class NotApplicable(ValueError):
     windowed attention): runs over every method leave it out, with a note."""
 
 
+class NoDetection(ValueError):
+    """A detector's target selects no detection of an image: a run over many images skips that
+    image and goes on."""
+
+
 class UntraceableModel(TypeError):
     """torch.fx could not trace the model (data-dependent control flow and the like)."""
 

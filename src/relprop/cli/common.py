@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .. import models, plot, prepare
 from ..api import explainer as make_explainer
-from ..errors import NotApplicable, UnsupportedOperation, UntraceableModel
+from ..errors import NoDetection, NotApplicable, UnsupportedOperation, UntraceableModel
 from ..images import UnreadableImage, load_image
 from ..registry import methods
 
@@ -175,10 +175,15 @@ def _prepared(items, preprocess, spec, skipped, progress):
             yield Prepared(item, preprocess(img), plot.model_view(spec, img))
         except Exception as e:  # whatever goes wrong with one image skips that image only
             reason = str(e) if isinstance(e, UnreadableImage) else f"{type(e).__name__}: {e}"
-            reason = one_line(reason)
-            tqdm.write(f"relprop: skipping {item.file}: {reason}", file=sys.stderr)
-            skipped.append({"file": item.file, "reason": reason})
+            skip(item.file, reason, skipped)
             progress.update(1)
+
+
+def skip(file: str, reason: str, skipped: list) -> None:
+    """Say that an input is left out, and why, and list it in ``skipped`` for the summary."""
+    reason = one_line(reason)
+    tqdm.write(f"relprop: skipping {file}: {reason}", file=sys.stderr)
+    skipped.append({"file": file, "reason": reason})
 
 
 def batches(items, size):
@@ -279,11 +284,13 @@ def explain_batch(explain, x, target):
                                           "pass a smaller --batch-size"):
         try:
             return explain(x, target)
+        except NoDetection:
+            raise  # the caller skips the image
         except ValueError as err:
             raise Failure(str(err)) from None
 
 
 __all__ = ["Failure", "one_line", "phrased", "model_options", "image_options", "choices",
            "load_model", "check_out", "writing", "Input", "Prepared", "inputs", "output_names",
-           "batches", "Job", "job", "explainer", "explainers_for", "method_choice", "explain_batch",
+           "skip", "batches", "Job", "job", "explainer", "explainers_for", "method_choice", "explain_batch",
            "NAME_BYTES"]

@@ -8,8 +8,8 @@ from tqdm import tqdm
 from .. import plot
 from ..outputs import write_json
 from ..registry import methods
-from .common import (Failure, explain_batch, image_options, job, method_choice, one_line,
-                     writing)
+from ..errors import NoDetection
+from .common import Failure, explain_batch, image_options, job, method_choice, skip, writing
 
 
 def add_parser(sub) -> None:
@@ -43,12 +43,8 @@ def explained_by_each(work, x, target, batch, skipped) -> dict:
     no detection (listed as skipped)."""
     try:
         return {m: explain_batch(work.explainers[m], x, target) for m in work.explainers}
-    except Failure as err:
-        if work.spec.kind != "detection" or "no detection" not in str(err):
-            raise
-        reason = one_line(str(err))
-        tqdm.write(f"relprop: skipping {batch[0].source.file}: {reason}", file=sys.stderr)
-        skipped.append({"file": batch[0].source.file, "reason": reason})
+    except NoDetection as err:
+        skip(batch[0].source.file, str(err), skipped)
         return {}
 
 

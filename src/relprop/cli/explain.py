@@ -14,7 +14,8 @@ from .. import plot
 from ..api import DEFAULT_METHOD
 from ..registry import methods
 from ..outputs import strict_json, write_json
-from .common import Failure, explain_batch, image_options, job, one_line, writing
+from ..errors import NoDetection
+from .common import explain_batch, image_options, job, skip, writing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUT_SUFFIXES = ("_heatmap.png", "_overlay.png")
@@ -155,13 +156,9 @@ def explain_detections(out, item, x, explain, target, class_names, skipped) -> l
     (NAME_detK_heatmap.png, NAME_detK_overlay.png); an image without a detection the target
     selects is listed as skipped."""
     try:
-        e = explain(x, target)
-    except ValueError as err:
-        if "no detection" not in str(err):
-            raise Failure(str(err)) from None
-        reason = one_line(str(err))
-        tqdm.write(f"relprop: skipping {item.source.file}: {reason}", file=sys.stderr)
-        skipped.append({"file": item.source.file, "reason": reason})
+        e = explain_batch(explain, x, target)
+    except NoDetection as err:
+        skip(item.source.file, str(err), skipped)
         return []
     names = [class_names[d.label] if 0 <= d.label < len(class_names) else str(d.label)
              for d in e.detections]
