@@ -15,7 +15,7 @@ import torchvision
 from torchvision.models import detection as tv
 
 import relprop
-from relprop.detection import BoxTarget, DetectionExplainer, Detections, scene
+from relprop.detection import BoxTarget, DetectionExplainer, Detections, Mask, scene
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -120,6 +120,32 @@ def test_k_detections_in_one_pass_equal_k_single_calls(name):
                                    atol=1e-12)
 
 
+@pytest.mark.slow
+def test_a_mask_target_explains_the_mask_logits_of_its_pixels():
+    """Mask R-CNN's mask as a region: Σ of the mask head's own logits (read from the model,
+    not the recording) where its probability is above 0.5, for the detection's class; Σ R is
+    that sum in float64."""
+    model, x = detector("maskrcnn_resnet50_fpn")
+    kept = []
+    hook = model.roi_heads.mask_predictor.register_forward_hook(lambda m, i, out: kept.append(out))
+    try:
+        e = relprop.explain(model, x, target=Mask(Detections(top=2)), method="rap")
+    finally:
+        hook.remove()
+    mask_logits = kept[0]  # (detections, classes, 28, 28): the model's own run
+    for row, d in enumerate(e.detections):
+        assert d.explained == "mask"
+        tile = mask_logits[d.index, d.label]
+        assert len(d.mask) == int((tile > 0).sum()) > 0
+        assert float(e.score[row]) == pytest.approx(float(tile[tile > 0].sum()), rel=1e-12)
+    assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all(), e.delta
+    with pytest.raises(ValueError, match="returns no masks"):
+        relprop.explain(detector("fasterrcnn_mobilenet_v3_large_fpn")[0], x, target=Mask())
+    from relprop import prepare
+    with pytest.raises(prepare.SetupError, match="Mask R-CNN"):
+        prepare.region(None, "classification", 3, None, 224, masks=True)
+
+
 def test_a_box_and_label_pick_the_detection_they_match():
     model, x, found = recorded("fasterrcnn_mobilenet_v3_large_fpn")
     third = found.detections[2]
@@ -149,9 +175,84 @@ def test_a_bad_target_is_one_clear_error():
         relprop.explain(model, x, target="dog")
     with pytest.raises(ValueError, match="is a detector"):
         relprop.RAP(model)
-    for method in ("guided-backprop", "grad-cam", "deeplift"):  # they hook modules it has not
-        with pytest.raises(relprop.NotApplicable, match="not available for detectors"):
-            relprop.explainer(model, method)
+    with pytest.raises(relprop.NotApplicable, match="one batch of two"):
+        relprop.explainer(model, "deeplift")  # it hooks each ReLU once per batch of two
+    with pytest.raises(ValueError, match="no layer on the path"):
+        relprop.explain(model, x, method="grad-cam", target_layer="backbone.nothing")
+
+
+def _logit_and_layer(model, x, layer: str, position: int):
+    """The model's own (not recorded) class logits at ``position`` and a layer's output, with
+    the autograd graph between them."""
+    kept = {}
+    hooks = [model.get_submodule(layer).register_forward_hook(
+                 lambda m, i, out: kept.setdefault("layer", out)),
+             model.roi_heads.box_predictor.cls_score.register_forward_hook(
+                 lambda m, i, out: kept.setdefault("logits", out))]
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return kept["logits"].flatten()[position], kept["layer"]
+
+
+def test_grad_cam_reads_the_backbones_last_feature_map_as_the_model_computes_it():
+    """Against Grad-CAM by hand on the model itself: the gradient of the class logit at the
+    backbone's last stage, averaged over the map, weighting its channels."""
+    import torch.nn.functional as F
+    model, x, found = recorded("fasterrcnn_mobilenet_v3_large_fpn")
+    assert found.feature_layer == "backbone.body.16"  # MobileNetV3's last stage, stride 32
+    d = found.detections[1]
+    e = DetectionExplainer(model, "grad-cam").explain_scene(found, x, [d])
+    logit, a = _logit_and_layer(model, x, found.feature_layer, d.position)
+    assert float(logit) == pytest.approx(d.logit, abs=1e-12)
+    (g,) = torch.autograd.grad(logit, a)
+    cam = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True).clamp(min=0)
+    cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False) / 3
+    assert cam.abs().sum() > 0
+    torch.testing.assert_close(e.relevance, cam.expand_as(x), rtol=1e-9, atol=1e-15)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (out > 0)
+
+
+class _GuidedEverywhere(torch.overrides.TorchFunctionMode):
+    """Every ReLU call, module or functional, in place or not, as guided backprop's."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F_relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_):
+            return _GuidedReLU.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+F_relu = torch.nn.functional.relu
+
+
+def test_guided_backprop_stops_negative_signals_at_every_relu_of_the_recording():
+    """Against guided backprop by hand on the model itself, with every ReLU call (the box
+    head's functional ones too) replaced by the guided one."""
+    model, x, found = recorded("fasterrcnn_resnet50_fpn")
+    d = found.detections[0]
+    e = DetectionExplainer(model, "guided-backprop").explain_scene(found, x, [d])
+    leaf = x.clone().requires_grad_()
+    with _GuidedEverywhere():
+        logit, _ = _logit_and_layer(model, leaf, "backbone.body.layer4", d.position)
+        (expected,) = torch.autograd.grad(logit, leaf)
+    plain = DetectionExplainer(model, "gradient").explain_scene(found, x, [d])
+    assert not torch.allclose(e.relevance, plain.relevance)  # the rule acted
+    torch.testing.assert_close(e.relevance[0], expected[0], rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("method", ["gradient", "integrated-gradients", "lrp-epsilon-plus"])

@@ -389,7 +389,7 @@ def test_a_detector_serves_its_detections_and_the_map_of_the_one_clicked():
     client = TestClient(serve.create_app(name, model, preprocess, spec.class_names(), "cpu"))
     methods = {m["name"] for m in client.get("/api/methods").json()["methods"]}
     assert "rap-stable" in methods
-    assert not {"grad-cam", "guided-backprop", "deeplift"} & methods  # they hook modules
+    assert "deeplift" not in methods and {"grad-cam", "guided-backprop"} <= methods
     x = preprocess(load_image(io.BytesIO(CHELSEA), spec.resize))[None]
     image = {"image": ("cat.png", CHELSEA, "image/png")}
     answer = client.post("/api/explain", files=image, data={"method": "rap-stable"}).json()

@@ -101,3 +101,7 @@ def test_evaluate_on_the_detection_set_trains_once_and_measures_every_detection(
     assert "training" not in out.err and "shapes_det" in out.out
     assert (tmp_path / "explained" / "shapes_detections.png").is_file()
     assert len(list((tmp_path / "explained").glob("shapes_det*_overlay.png"))) == 2
+    assert cli.main(["explain", "--model", "synthetic-detector", "--masks", "--out",
+                     str(tmp_path / "masks"), str(image)]) != 0  # a Faster R-CNN has no masks
+    err = capsys.readouterr().err.strip()
+    assert "returns no masks" in err and len(err.splitlines()) == 1

@@ -216,6 +216,7 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
     _inline_regions(graph, program.graph_module)
     _unroll_lstms(graph)
     _decompose_attention(graph)
+    _addmm_as_linear(graph)
     _drop_checks(graph)
     return graph, constants
 
@@ -357,6 +358,26 @@ def _decompose_attention(graph: fx.Graph) -> None:
                 scores = add(aten.add.Tensor, scores, mask)
             weights = add(aten.softmax.int, scores, -1)
             out = add(aten.matmul.default, weights, v)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+def _addmm_as_linear(graph: fx.Graph) -> None:
+    """``addmm(bias, x, W)`` (GPT-2's ``Conv1D``: a linear layer with its weight stored
+    transposed) as ``linear(x, Wᵀ, bias)``, so that the linear rules read the weight, and as
+    ``x @ y + bias`` where the matrix is no parameter."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.addmm.default:
+            continue
+        bias, x, matrix = node.args[:3]
+        if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            raise UntraceableModel("addmm with beta or alpha other than 1 is not supported yet")
+        add = _maker(graph, node)
+        with graph.inserting_before(node):
+            if matrix.op == "get_attr":
+                out = add(aten.linear.default, x, add(aten.t.default, matrix), bias)
+            else:
+                out = add(aten.add.Tensor, add(aten.matmul.default, x, matrix), bias)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
 

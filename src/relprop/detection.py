@@ -14,13 +14,15 @@ DETR returns its query logits as a tensor and is explained as it is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from . import recording
+from .capture import copy_into
 from .checks import check_batch
 from .errors import NoDetection
 from .explanation import Explanation
@@ -42,6 +44,11 @@ class Detected:
     position: int = field(default=-1, repr=False)  # the logit's position in the logit vector
     row: tuple | None = field(default=None, repr=False)  # the logits a softmax took the score
     # from (its class's among them), None for a sigmoid
+    # Mask R-CNN: the positions, in the logit vector, of the mask logits of the pixels its mask
+    # assigns to the object (probability > 0.5, at the mask head's resolution); None where the
+    # scene was recorded without masks
+    mask: tuple | None = field(default=None, repr=False)
+    explained: str = "score"  # "score": its class logit; "mask": the sum of its mask logits
 
 
 class Detections:
@@ -91,6 +98,29 @@ class BoxTarget:
 
     def __repr__(self):
         return f"BoxTarget({self.box}, label={self.label}, iou={self.iou})"
+
+
+class Mask:
+    """Explain the masks of the detections ``target`` selects (Mask R-CNN), each on its own:
+    the sum of the mask logits of the pixels its mask assigns to the object (probability
+    above 0.5 at the mask head's 28 × 28), a region target as for a segmenter; Σ R = that
+    sum. ``Mask()`` is the top detection's mask; ``Mask(Detections(top=3))`` three."""
+
+    needs_masks = True
+
+    def __init__(self, target=None):
+        self.target = _one_selector(target)
+
+    def select(self, found: list[Detected], image: int) -> list[Detected]:
+        picked = self.target.select(found, image)
+        for d in picked:
+            if d.mask is None:
+                raise ValueError("Mask(...) explains a detection's mask: this scene has none "
+                                 "(Mask R-CNN returns masks; record with scene(..., masks=True))")
+        return [replace(d, explained="mask") for d in picked if d.mask]
+
+    def __repr__(self):
+        return f"Mask({self.target!r})"
 
 
 class _Index:
@@ -148,6 +178,10 @@ class _Many:
     def __init__(self, targets):
         self.targets = targets
 
+    @property
+    def needs_masks(self) -> bool:
+        return any(getattr(t, "needs_masks", False) for t in self.targets)
+
     def select(self, found, image):
         return [d for t in self.targets for d in t.select(found, image)]
 
@@ -169,6 +203,19 @@ class Scene:
     detections: list[Detected]
     logit_model: nn.Module  # x (1, C, H, W) -> y; a detection's logit is y.flatten()[position]
     shape: tuple  # y's shape
+    # the logit model with the model's layers and activations as modules (Grad-CAM, guided
+    # backpropagation hook them), made on first use; None: logit_model is the model itself
+    with_modules: Callable[[], nn.Module] | None = None
+    layers: tuple[str, ...] = ()  # the model's layers whose output is on the explained path
+    feature_layer: str | None = None  # Grad-CAM's default: the backbone's last feature map
+
+    def hookable(self) -> nn.Module:
+        """The logit model with modules to hook (built once)."""
+        if self.with_modules is None:
+            return self.logit_model
+        if not isinstance(self.with_modules, nn.Module):
+            self.with_modules = self.with_modules()
+        return self.with_modules
 
 
 def is_torchvision_detector(model: nn.Module) -> bool:
@@ -188,14 +235,17 @@ def is_detector(model: nn.Module) -> bool:
     return is_torchvision_detector(model) or is_detr(model)
 
 
-def scene(model: nn.Module, x: torch.Tensor, image: int = 0) -> Scene:
-    """The detections of ``model`` on ``x`` (one image, (1, C, H, W)) and their logits."""
+def scene(model: nn.Module, x: torch.Tensor, image: int = 0, masks: bool = False) -> Scene:
+    """The detections of ``model`` on ``x`` (one image, (1, C, H, W)) and their logits; with
+    ``masks``, their mask logits too (Mask R-CNN), for :class:`Mask` targets."""
     if is_detr(model):
+        if masks:
+            raise ValueError("Mask(...) explains Mask R-CNN's masks; this DETR returns none")
         return _detr_scene(model, x, image)
-    return _recorded_scene(model, x, image)
+    return _recorded_scene(model, x, image, masks)
 
 
-def _recorded_scene(model, x, image) -> Scene:
+def _recorded_scene(model, x, image, masks: bool = False) -> Scene:
     recorded = recording.record(model, x)
     graph = recorded.graph
     out = graph.output_node().args[0]
@@ -207,9 +257,17 @@ def _recorded_scene(model, x, image) -> Scene:
     squashings = _squashings_behind(scores)
     chain = _between(squashings, scores)
     ends = list(dict.fromkeys(s.args[0].name for s in squashings))
+    mask_squashings, mask_chain = [], []
+    if masks:
+        if "masks" not in result:
+            raise ValueError("a mask target (--masks, Mask(...)) explains a detection's mask, "
+                             "and this detector returns no masks (Mask R-CNN does)")
+        mask_squashings = _squashings_behind(result["masks"])
+        mask_chain = _between(mask_squashings, result["masks"])
+        ends += [s.args[0].name for s in mask_squashings if s.args[0].name not in ends]
     _, constants = recording.path_to(graph, ends)
-    keep = constants | set(ends) | {s.name for s in squashings} | \
-        {a.name for n in chain for a in n.all_input_nodes} | \
+    keep = constants | set(ends) | {s.name for s in squashings + mask_squashings} | \
+        {a.name for n in chain + mask_chain for a in n.all_input_nodes} | \
         {result[k].name for k in ("boxes", "labels", "scores")}
     values = recording.run(recorded, x, keep)
     positions = _positions(squashings, chain, scores, values)
@@ -220,14 +278,35 @@ def _recorded_scene(model, x, image) -> Scene:
         total += values[end].numel()
     logits = torch.cat([values[e].reshape(-1) for e in ends])
     boxes, labels, probabilities = (values[result[k].name] for k in ("boxes", "labels", "scores"))
+    regions = _mask_regions(mask_squashings, mask_chain, result["masks"], values, offsets) \
+        if masks else [None] * len(positions)
     found = []
     for j, (squash, flat) in enumerate(positions):
         position = offsets[squash.args[0].name] + flat
         found.append(Detected(image, j, tuple(boxes[j].tolist()), int(labels[j]),
                               float(probabilities[j]), float(logits[position]), position,
-                              _softmax_row(squash, values[squash.args[0].name], flat)))
+                              _softmax_row(squash, values[squash.args[0].name], flat),
+                              regions[j]))
     module = recording.logit_module(recorded, ends, values)
-    return Scene(found, module, (1, total))
+    path, _ = recording.path_to(graph, ends)
+    on_path = {n.name for n in path}
+    layers = {p: n for p, n in recorded.meta["module_outputs"].items() if n in on_path}
+    shapes = {n.name: getattr(n.meta.get("val"), "shape", ()) for n in path}
+    return Scene(found, module, (1, total),
+                 lambda: recording.logit_module(recorded, ends, values, modules=True),
+                 tuple(layers), _feature_layer(layers, shapes))
+
+
+def _feature_layer(layers: dict[str, str], shapes: dict) -> str | None:
+    """The backbone's last feature map, Grad-CAM's usual layer for a detector: the last
+    stage of ``backbone.body`` (torchvision's R-CNNs, RetinaNet, FCOS) or of
+    ``backbone.features`` (SSD, SSDlite) whose output is a 4-D map on the explained path."""
+    maps = [p for p, n in layers.items() if len(shapes.get(n, ())) == 4]
+    for prefix in ("backbone.body.", "backbone.features.", "backbone."):
+        stages = [p for p in maps if p.startswith(prefix) and "." not in p[len(prefix):]]
+        if stages:
+            return stages[-1]
+    return maps[-1] if maps else None
 
 
 def _softmax_row(squash: fx.Node, logits: torch.Tensor, flat: int) -> tuple | None:
@@ -275,20 +354,28 @@ def _between(sources: list[fx.Node], end: fx.Node) -> list[fx.Node]:
     return chain
 
 
+def _recompute(chain: list[fx.Node], leaves: dict, values: dict) -> dict:
+    """The recorded ops ``chain`` run again from the squashings' outputs ``leaves`` (every
+    other argument its recorded value), with gradients: what a detection's score or mask
+    reads of them."""
+    env = {s.name: leaf for s, leaf in leaves.items()}
+    for node in chain:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs),
+                                       lambda n: env[n.name] if n.name in env
+                                       else values[n.name])
+        target = copy_into if node.target is aten.copy.default else node.target
+        env[node.name] = target(*args, **kwargs)
+    return env
+
+
 def _positions(squashings, chain, scores, values) -> list[tuple[fx.Node, int]]:
     """For each detection, the squashing and the flat position its score was read from: the
     one entry of the squashings' outputs where its score has a gradient. Where it has one in
     several (FCOS: the square root of class probability times centre-ness), the class's: the
     widest of them (the centre-ness is broadcast over the classes)."""
     leaves = {s: values[s.name].detach().clone().requires_grad_() for s in squashings}
-    env = {s.name: leaves[s] for s in squashings}
     with torch.enable_grad():
-        for node in chain:
-            args, kwargs = fx.node.map_arg((node.args, node.kwargs),
-                                           lambda n: env[n.name] if n.name in env
-                                           else values[n.name])
-            env[node.name] = node.target(*args, **kwargs)
-        recomputed = env[scores.name]
+        recomputed = _recompute(chain, leaves, values)[scores.name]
         if not torch.allclose(recomputed.detach(), values[scores.name]):
             raise ValueError("the detections' scores could not be traced back to their logits")
         found = []
@@ -305,6 +392,31 @@ def _positions(squashings, chain, scores, values) -> list[tuple[fx.Node, int]]:
                                  f"logit ({nonzero.numel()} entries)")
             found.append((squash, int(nonzero[0])))
     return found
+
+
+def _mask_regions(squashings, chain, masks: fx.Node, values, offsets) -> list[tuple]:
+    """Per detection, the positions in the logit vector of the mask logits of its mask's
+    pixels: its mask is differentiated back to the mask head's probabilities, which must
+    give it one tile (one RoI, one class); of that tile, the entries above 0.5."""
+    leaves = {s: values[s.name].detach().clone().requires_grad_() for s in squashings}
+    with torch.enable_grad():
+        pasted = _recompute(chain, leaves, values)[masks.name]
+        regions = []
+        for j in range(pasted.shape[0]):
+            grads = torch.autograd.grad(pasted[j].sum(), list(leaves.values()),
+                                        retain_graph=True, allow_unused=True)
+            hits = [(s, g) for s, g in zip(leaves, grads) if g is not None and g.any()]
+            if len(hits) != 1 or hits[0][1].dim() != 4:
+                raise ValueError(f"the mask of detection {j} does not come from one mask head")
+            squash, grad = hits[0]
+            rows, classes = (grad != 0).flatten(2).any(2).nonzero().unbind(1)
+            if rows.unique().numel() != 1 or classes.unique().numel() != 1:
+                raise ValueError(f"the mask of detection {j} is not one RoI's mask of one class")
+            tile = torch.zeros_like(grad, dtype=torch.bool)
+            tile[rows[0], classes[0]] = values[squash.name][rows[0], classes[0]] > 0.5
+            start = offsets[squash.args[0].name]
+            regions.append(tuple((tile.flatten().nonzero().flatten() + start).tolist()))
+    return regions
 
 
 def _detr_scene(model, x, image) -> Scene:
@@ -346,10 +458,17 @@ class PerImage(nn.Module):
 
 # Methods that hook the model's modules: on a recording they would see none and compute
 # something else without a word (guided backpropagation would be the plain gradient).
-NEEDS_MODULES = {"grad-cam": "a layer's activations", "guided-backprop": "hooks on its ReLUs",
-                 "deeplift": "hooks on its non-linear modules",
-                 "attention-rollout": "its attention modules",
-                 "attention-rollout-grad": "its attention modules"}
+# Methods that hook the model's modules: their logit model is the one with modules
+# (:meth:`Scene.hookable`).
+HOOKS_MODULES = ("grad-cam", "guided-backprop")
+# Methods a recording cannot serve, and why: they would compute something else without a word.
+NEEDS_MODULES = {
+    "deeplift": "Captum's DeepLift runs the image and its baseline as one batch of two and "
+                "hooks each activation module once per forward pass, while the recording of a "
+                "detector holds one image's proposals and runs one image at a time",
+    "attention-rollout": "it reads attention modules, which torchvision's detectors have none of",
+    "attention-rollout-grad": "it reads attention modules, which torchvision's detectors have "
+                              "none of"}
 
 
 @dataclass
@@ -375,10 +494,8 @@ class DetectionExplainer:
         self.model, self.method, self.options = model, method, options
         self.spec = get_method(method)
         if method in NEEDS_MODULES and is_torchvision_detector(model):
-            raise NotApplicable(
-                f"{method} works through the model's own modules ({NEEDS_MODULES[method]}), "
-                "which the recorded function from a torchvision detector's image to its "
-                "logits does not call; it is not available for detectors yet")
+            raise NotApplicable(f"{method} is not available for torchvision's detectors: "
+                                f"{NEEDS_MODULES[method]}")
 
     def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
         """Raise a ValueError now, before any image is read, for what cannot be explained."""
@@ -400,7 +517,7 @@ class DetectionExplainer:
         parts = []
         for i, select in enumerate(selectors):
             x = images[i:i + 1]
-            found = scene(self.model, x, i)
+            found = scene(self.model, x, i, masks=getattr(select, "needs_masks", False))
             picked = select.select(found.detections, i)
             if picked:
                 parts.append(self.explain_scene(found, x, picked, **options))
@@ -417,14 +534,19 @@ class DetectionExplainer:
                       **options) -> DetectionExplanation:
         """The detections ``picked`` of one image ``x`` (1, C, H, W) whose :func:`scene` is
         ``found``: one forward pass of its logit model, a reverse sweep per detection."""
-        module = found.logit_model
+        module, built = found.logit_model, dict(self.options)
+        if self.method in HOOKS_MODULES:
+            module = found.hookable()
         if self.spec.family != "propagation" and module is not self.model:
             module = PerImage(module)
-        inner = self.spec.build(module, method=self.method, **self.options)
+            if self.method == "grad-cam":  # a layer of the recording, inside PerImage
+                given = options.pop("target_layer", built.get("target_layer"))
+                built["target_layer"] = "module." + _cam_layer(found, given)
+        inner = self.spec.build(module, method=self.method, **built)
         targets = []
         for d in picked:
             w = torch.zeros(found.shape, dtype=x.dtype, device=x.device)
-            w.view(-1)[d.position] = 1
+            w.view(-1)[list(d.mask) if d.explained == "mask" else d.position] = 1
             targets.append(w)
         rows = inner.explain_each(x, targets, **options)
         score = torch.cat([r.score for r in rows])
@@ -435,5 +557,20 @@ class DetectionExplainer:
                                     detections=list(picked))
 
 
-__all__ = ["Detected", "Detections", "BoxTarget", "DetectionExplainer",
+def _cam_layer(found: Scene, given: str | None) -> str:
+    """The recorded layer Grad-CAM reads: the one given, or the backbone's last feature map."""
+    if given is None:
+        if found.feature_layer is None:
+            raise ValueError("grad-cam: this detector has no backbone feature map relprop "
+                             "recognises; pass target_layer= one of its layers: "
+                             f"{', '.join(found.layers[-5:])}")
+        return found.feature_layer
+    if given not in found.layers:
+        raise ValueError(f"grad-cam: '{given}' is no layer on the path from this image to the "
+                         "explained logits (a module that returns one tensor); for example "
+                         f"{', '.join(found.layers[-5:])}")
+    return given
+
+
+__all__ = ["Detected", "Detections", "BoxTarget", "Mask", "DetectionExplainer",
            "DetectionExplanation", "is_detector", "scene"]

@@ -112,16 +112,22 @@ def target(text: str | None, class_names) -> int | None:
 
 
 def region(text: str | None, kind: str, class_index: int | None, class_names, size: int,
-           detections: int = 3, min_score: float = 0.5):
+           detections: int = 3, min_score: float = 0.5, masks: bool = False):
     """The target of a segmentation model: ``class_index`` (None: the class predicted at the
     most pixels, leaving out a background class) over its predicted pixels, or over the box
     ``text`` ('x0,y0,x1,y1' in pixels of the model's ``size`` x ``size`` input). A class index
     as it is for a classifier, which takes no region. For a detector: the detection that
     matches the box ``text`` (of class ``class_index`` where given), else up to
-    ``detections`` of at least ``min_score`` (of that class where given)."""
+    ``detections`` of at least ``min_score`` (of that class where given); with ``masks``,
+    their masks (Mask R-CNN)."""
     from .targets import ClassRegion
     if kind == "detection":
-        return _detection_target(text, class_index, detections, min_score)
+        from .detection import Mask
+        chosen = _detection_target(text, class_index, detections, min_score)
+        return Mask(chosen) if masks else chosen
+    if masks:
+        raise SetupError("explains a detector's masks (Mask R-CNN); this model is a "
+                         f"{kind}: leave it out", "masks")
     if kind != "segmentation":
         if text is not None:
             raise SetupError("a region needs a segmentation model (this one is a "

@@ -43,21 +43,42 @@ def _register_torchvision() -> None:
 
 
 def record(model: nn.Module, x: torch.Tensor) -> fx.GraphModule:
-    """The graph of ``model(x)`` as it ran on ``x`` (eval mode), made functional."""
+    """The graph of ``model(x)`` as it ran on ``x`` (eval mode), made functional.
+    ``meta["module_outputs"]`` maps each submodule whose output is one tensor to the node that
+    holds it (its last call's), so that methods which hook a layer can find it again."""
     from torch.fx.experimental.proxy_tensor import make_fx
+    outputs: dict[str, str] = {}
+    hooks = [m.register_forward_hook(_note_output(name, outputs))
+             for name, m in model.named_modules() if name]
     try:
         with eval_mode(model), torch.no_grad():
             # a value read out of a tensor (``int(n)``, Mask R-CNN's mask pasting) is this
             # input's value, as every other data-dependent choice is
             module = make_fx(lambda inputs: model(inputs), tracing_mode="real",
-                             pre_dispatch=True, record_module_stack=True,
-                             _error_on_data_dependent_ops=False)(x)
+                             pre_dispatch=True, _error_on_data_dependent_ops=False)(x)
     except Exception as e:  # the model's own failure on this input
         raise ValueError(f"the model could not run on inputs of shape {tuple(x.shape)}: "
                          f"{type(e).__name__}: {e}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     functionalise(module.graph)
     module.recompile()
+    module.meta["module_outputs"] = outputs
     return module
+
+
+def _note_output(name: str, outputs: dict):
+    """A forward hook that notes which recorded node holds the module's output."""
+    from torch.fx.experimental import proxy_tensor
+
+    def hook(module, args, out):
+        mode = proxy_tensor.get_proxy_mode()
+        if isinstance(out, torch.Tensor) and mode is not None:
+            slot = proxy_tensor.get_proxy_slot(out, mode.tracer, None)
+            if slot is not None:
+                outputs[name] = slot.proxy.node.name
+    return hook
 
 
 _VIEW_WRITES = {aten.select.int: aten.select_scatter.default,
@@ -244,10 +265,20 @@ def path_to(graph: fx.Graph, ends: list[str]) -> tuple[set[fx.Node], set[str]]:
     return path, constants
 
 
-def logit_module(recorded: fx.GraphModule, ends: list[str], values: dict) -> fx.GraphModule:
+def logit_module(recorded: fx.GraphModule, ends: list[str], values: dict,
+                 modules: bool = False) -> fx.GraphModule:
     """A module ``x -> (1, L)``: the nodes ``ends`` of the recording, flattened and joined, with
     only the ops on the path from the input to them; ``values`` holds the recorded values of
-    :func:`path_to`'s constants."""
+    :func:`path_to`'s constants.
+
+    With ``modules``, the module also has modules for the methods that hook them: an
+    ``nn.Identity`` at the model's own path (``backbone.body.layer4``) on each node that was a
+    submodule's output, where Grad-CAM can read the layer, and an activation module of its own
+    for each activation call (:data:`ACTIVATION_MODULES`), where guided backpropagation acts."""
+    marks: dict[str, list[str]] = {}
+    if modules:
+        for layer, name in recorded.meta.get("module_outputs", {}).items():
+            marks.setdefault(name, []).append(layer)
     graph = recorded.graph
     by_name = {n.name: n for n in graph.nodes}
     path, _ = path_to(graph, ends)
@@ -275,11 +306,30 @@ def logit_module(recorded: fx.GraphModule, ends: list[str], values: dict) -> fx.
         env[node] = _as_padding(new, node, values, env) or new.node_copy(node, arg_of)
         if env[node].target is aten.copy.default:  # ATen's copy has no derivative
             env[node].target = copy_into
+        if modules and node.target in ACTIVATION_MODULES:
+            activation = ACTIVATION_MODULES[node.target](*node.args[1:], **node.kwargs)
+            name = f"{node.name}_module"
+            attrs[name] = activation
+            with new.inserting_after(env[node]):
+                call = new.call_module(name, (env[node].args[0],))
+            env[node].replace_all_uses_with(call)
+            new.erase_node(env[node])
+            env[node] = call
+        for layer in marks.get(node.name, ()):
+            attrs[layer] = nn.Identity()
+            env[node] = new.call_module(layer, (env[node],))
     joined = [new.call_function(aten.reshape.default, (env[by_name[e]], [-1])) for e in ends]
     out = joined[0] if len(joined) == 1 else new.call_function(aten.cat.default, (joined,))
     new.output(new.call_function(aten.unsqueeze.default, (out, 0)))
     root = nn.Module()
+    modules_at = sorted((p for p, v in attrs.items() if isinstance(v, nn.Module)),
+                        key=lambda p: p.count("."))  # a parent before its children
+    for path in modules_at:  # at the model's own paths: nested, as in the model
+        parent, _, name = path.rpartition(".")
+        _submodule(root, parent).add_module(name, attrs[path])
     for name, value in attrs.items():
+        if isinstance(value, nn.Module):
+            continue
         if isinstance(value, nn.Parameter):
             root.register_parameter(name.replace(".", "_"), value)
         elif isinstance(value, torch.Tensor):
@@ -290,6 +340,25 @@ def logit_module(recorded: fx.GraphModule, ends: list[str], values: dict) -> fx.
         if node.op == "get_attr":
             node.target = node.target.replace(".", "_")
     return fx.GraphModule(root, new, class_name="Recorded").eval()
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module:
+    """The module at ``path`` under ``root``, made (an empty container) where missing."""
+    for part in filter(None, path.split(".")):
+        if not hasattr(root, part):
+            root.add_module(part, nn.Module())
+        root = getattr(root, part)
+    return root
+
+
+# Activation ops as the modules Captum's modified backward passes hook (guided
+# backpropagation); the op's further arguments are the module's.
+ACTIVATION_MODULES = {
+    aten.relu.default: nn.ReLU, aten.hardtanh.default: nn.Hardtanh,
+    aten.leaky_relu.default: nn.LeakyReLU,
+    aten.hardswish.default: nn.Hardswish, aten.hardsigmoid.default: nn.Hardsigmoid,
+    aten.silu.default: nn.SiLU, aten.gelu.default: nn.GELU, aten.sigmoid.default: nn.Sigmoid,
+    aten.tanh.default: nn.Tanh}
 
 
 _register_torchvision()

@@ -76,6 +76,9 @@ def image_options(p) -> None:
                         "matching a box X0,Y0,X1,Y1 of the picture")
     p.add_argument("--min-score", type=float, default=0.5, metavar="P",
                    help="detectors: explain only detections scored at least P (default 0.5)")
+    p.add_argument("--masks", action="store_true",
+                   help="Mask R-CNN: explain each detection's mask (the sum of its mask logits "
+                        "over the pixels it assigns to the object) instead of its score")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images per batch (default 8; detectors take one image at a time)")
 
@@ -229,7 +232,8 @@ def job(args, chosen, dtype=torch.float32, layer=None) -> Job:
         target = prepare.region(getattr(args, "region", None), spec.kind,
                                 prepare.target(args.target, loaded.class_names),
                                 loaded.class_names, spec.input_size,
-                                getattr(args, "detections", 3), getattr(args, "min_score", 0.5))
+                                getattr(args, "detections", 3), getattr(args, "min_score", 0.5),
+                                getattr(args, "masks", False))
         with prepare.out_of_memory(f"moving {loaded.name} to {device}", "use --device cpu"):
             model = loaded.model.to(device, dtype)
     explainers = explainers_for(model, chosen, dtype, layer)

@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from .. import plot
+from ..detection import NEEDS_MODULES
 from ..evaluate import detection as measures, synthetic_detection
 from ..outputs import strict_json, write_json
 from .common import Failure, check_out, choices, writing
@@ -25,10 +26,10 @@ def run(args) -> int:
                       "trains on it: leave out --model and --weights")
     chosen = choices(args.methods, methods(), "--methods") if args.methods else \
         list(DEFAULT_METHODS)
-    unsupported = [m for m in chosen if m in ("grad-cam", "attention-rollout",
-                                              "attention-rollout-grad")]
+    unsupported = [m for m in chosen if m in NEEDS_MODULES]
     if unsupported:
-        raise Failure(f"--methods: {', '.join(unsupported)} cannot explain a detector yet")
+        raise Failure(f"--methods: {', '.join(unsupported)} cannot explain this detector: "
+                      f"{NEEDS_MODULES[unsupported[0]]}")
     count = DEFAULT_PICTURES if args.limit is None else args.limit
     if count < 1:
         raise Failure("--limit must be at least 1")

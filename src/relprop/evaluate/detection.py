@@ -105,8 +105,12 @@ def summary(rows: list[dict]) -> dict:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         hits = [r for r in mine if r["matched"]]
-        entry = {m: float(np.mean([r[m] for r in hits])) if hits else float("nan")
+        # a map with no positive relevance (a Grad-CAM that its ReLU zeroes) has no shares:
+        # left out of their means, and counted
+        entry = {m: float(np.nanmean([r[m] for r in hits]))
+                 if any(not np.isnan(r[m]) for r in hits) else float("nan")
                  for m in ("on_object", "on_others", "pointing")}
+        entry["no_positive"] = sum(1 for r in hits if np.isnan(r["on_object"]))
         entry["aopc"] = float(np.mean([r["aopc"] for r in mine]))
         entry["detections"] = len(mine)
         entry["unmatched"] = len(mine) - len(hits)
@@ -123,4 +127,9 @@ def markdown(table: dict, mean_average_precision: float, pictures: int) -> str:
     for method, e in table.items():
         lines.append(f"| {method} | {e['detections']} | {e['on_object']:.3f} | "
                      f"{e['on_others']:.3f} | {e['pointing']:.3f} | {e['aopc']:.3f} |")
+    empty = [f"{method} {e['no_positive']}" for method, e in table.items()
+             if e.get("no_positive")]
+    if empty:
+        lines += ["", "Maps with no positive relevance, left out of the shares: "
+                  f"{', '.join(empty)}."]
     return "\n".join(lines) + "\n"
