@@ -14,6 +14,7 @@ from .explanation import Explanation, class_scores
 from .graph import unwrap
 from .registry import get_method, methods
 from .propagation import LRP, RAP, Propagation, StableRAP
+from .text import TextExplainer, is_text_model
 
 DEFAULT_METHOD = "rap-stable"  # the paper's RAP where a network has no additions, and stable
 # where it has (README, "Which RAP": every figure of relprop evaluate favoured it on residual nets)
@@ -28,6 +29,8 @@ def explainer(model: nn.Module, method: str = DEFAULT_METHOD, **options) -> Expl
     get_method(method)  # an unknown method is refused before anything else
     if is_detector(unwrap(model)):  # detections, each by the logit behind its score
         return DetectionExplainer(unwrap(model), method, **options)
+    if is_text_model(unwrap(model)):  # token ids, explained at their embeddings
+        return TextExplainer(unwrap(model), method, **options)
     return method_explainer(unwrap(model), method, **options)
 
 
@@ -48,6 +51,11 @@ def explain(model: nn.Module, inputs: torch.Tensor, target: Target = None,
     (:mod:`relprop.detection`: an index, ``Detections(top, min_score)``, ``BoxTarget(box,
     label)`` or pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``) and the result has one row
     per detection.
+
+    For a Hugging Face causal LM or sequence classifier, ``inputs`` are ``input_ids`` (N, T)
+    and ``options`` may hold ``attention_mask`` and ``tokenizer`` (for token-string targets
+    and the tokens' names); the target is a token id or string (default: the predicted next
+    token) or a class, and the relevance is at the input embeddings (:mod:`relprop.text`).
 
     Calling this in a loop traces the model once; the trace is held weakly (a model the caller
     drops is freed) and made again for a model whose modules changed.

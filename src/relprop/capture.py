@@ -104,11 +104,12 @@ def _register_aten() -> None:
                      aten.unflatten.int, aten.narrow.default,
                      aten.squeeze.default, aten.movedim.int, aten.index_select.default):
         register_op(overload, "movement")
-    for overload in (aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.type_as.default,
+    for overload in (aten.to.dtype, aten.to.device, aten.to.dtype_layout,
                      aten._to_copy.default):
         cast = keeps_precision(overload)
         register_op(cast, "passthrough", sign="same")
         register_alias(overload, cast)
+    register_alias(aten.type_as.default, "type_as")
     for overload in (aten.lift_fresh_copy.default, aten.detach.default):
         register_op(overload, "passthrough", sign="same")
     register_op(aten.rsub.Scalar, "passthrough")  # c - x, the tensor first
@@ -217,6 +218,7 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
     _unroll_lstms(graph)
     _decompose_attention(graph)
     _addmm_as_linear(graph)
+    _fuse_rms_norms(graph)
     _drop_checks(graph)
     return graph, constants
 
@@ -380,6 +382,62 @@ def _addmm_as_linear(graph: fx.Graph) -> None:
                 out = add(aten.add.Tensor, add(aten.matmul.default, x, matrix), bias)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
+
+
+_CASTS = (aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.type_as.default)
+
+
+def _uncast(node):
+    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in _CASTS:
+        node = node.args[0]
+    return node
+
+
+def _rms_of(node, x) -> tuple | None:
+    """``(dims, eps)`` where ``node`` is ``rsqrt(mean(x², dims, keepdim) + eps)`` over the
+    last dims of ``x`` (up to casts), else None."""
+    if not (isinstance(node, fx.Node) and node.target is aten.rsqrt.default):
+        return None
+    total = node.args[0]
+    if total.target is not aten.add.Tensor or not isinstance(total.args[1], (int, float)):
+        return None
+    mean = total.args[0]
+    if mean.target is not aten.mean.dim or not (len(mean.args) > 2 and mean.args[2] or
+                                                mean.kwargs.get("keepdim")):
+        return None
+    square = mean.args[0]
+    if square.target is not aten.pow.Tensor_Scalar or square.args[1] != 2 or \
+            _uncast(square.args[0]) is not _uncast(x):
+        return None
+    rank = len(x.meta["val"].shape)
+    dims = sorted(d % rank for d in mean.args[1])
+    if dims != list(range(rank - len(dims), rank)):
+        return None
+    return dims, float(total.args[1])
+
+
+def _fuse_rms_norms(graph: fx.Graph) -> None:
+    """RMSNorm written out (Hugging Face's Llama, Qwen2, Gemma, Mistral, Phi-3:
+    ``x * rsqrt(mean(x²) + eps)``) as the norm it is (rap-spec §8.3: relevance passes through
+    it, as LXT holds the rms constant). Read as it is written, it would be a product of two
+    signals whose rms factor takes half the relevance (§8.2) and hands it on through x² to
+    every position of the norm: a map that conserves but is not the spec's."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.mul.Tensor or \
+                not all(isinstance(a, fx.Node) for a in node.args[:2]):
+            continue
+        for x, rms in (node.args[:2], node.args[1::-1]):
+            found = _rms_of(rms, x)
+            if found is None:
+                continue
+            dims, eps = found
+            shape = list(x.meta["val"].shape[dims[0]:])
+            add = _maker(graph, node)
+            with graph.inserting_before(node):
+                fused = add(aten.rms_norm.default, x, shape, None, eps)
+            node.replace_all_uses_with(fused)
+            graph.erase_node(node)
+            break
 
 
 def _unroll_lstms(graph: fx.Graph) -> None:

@@ -119,8 +119,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 def additive_mask(mask, dtype):
-    """A boolean mask (True: attend) as the additive mask it means; a float mask as it is."""
+    """A boolean mask (True: attend) as the additive mask it means; a float mask as it is.
+    A query that may attend to nothing (a padding position of a left-padded batch under a
+    causal mask) attends to everything instead, as the model's own kernels give it finite
+    values there; no real position reads them, and a row of -inf would be NaN, which the
+    product with the values then spreads to every position."""
     if mask.dtype == torch.bool:
+        mask = mask | ~mask.any(-1, keepdim=True)
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
             ~mask, float("-inf"))
     return mask

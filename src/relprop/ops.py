@@ -540,8 +540,16 @@ def keeps_precision(cast):
 
 
 # Casts and copies to another dtype pass relevance unchanged.
-for _name in ("float", "double", "half", "bfloat16", "to", "type_as", "type"):
+for _name in ("float", "double", "half", "bfloat16", "to", "type"):
     _function(_name)(_activation(keeps_precision(getattr(torch.Tensor, _name)), "same"))
+
+
+@_function("type_as")
+def _type_as(args, kwargs):
+    """``x.type_as(y)``: only ``x`` passes relevance; ``y`` gives a dtype (Gemma's norms)."""
+    b = _bind(args, kwargs, ("input", "other"), {})
+    return Normalised("passthrough", keeps_precision(torch.Tensor.type_as), (b["input"],),
+                      {"other": b["other"]}, "same")
 
 
 # rap-spec §9.2: resampling is a linear map with weights fixed by the sizes; nearest, (bi)linear

@@ -1,0 +1,333 @@
+"""Language models (rap-spec §9.5): a Hugging Face causal LM or sequence classifier explained at
+its input embeddings, with no code of its family.
+
+Token ids are integers, which carry no relevance; what the network computes from is their
+embeddings. So the model is explained as the function ``inputs_embeds (N, T, D) -> logits`` of
+the given ids' embeddings, the attention mask a constant of the call: for a causal LM the
+next-token logits at each sequence's last real position (N, V), for a classifier its logits
+(N, C). That function goes through the same capture, rules and Captum calls as any model, so
+every method explains it and Σ R = the logit for RAP. The relevance is per embedding entry
+(N, T, D) and ``heatmap`` per token (N, T); padding positions get none.
+
+A :class:`TextExplanation` shows itself: coloured tokens (red for, blue against) in Jupyter
+(``_repr_html_``), in a file (``save("x.html")``, ``save("x.json")``) and in a terminal
+(:meth:`TextExplanation.terminal`).
+"""
+from __future__ import annotations
+
+import html
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .explanation import Explanation
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification",)
+
+
+def text_kind(model: nn.Module) -> str | None:
+    """"causal" or "classifier" for a Hugging Face language model relprop explains by its
+    token ids; None for any other model."""
+    name = type(model).__name__
+    if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
+        return None
+    if name.endswith(_CAUSAL_SUFFIXES):
+        return "causal"
+    if name.endswith(_CLASSIFIER_SUFFIXES):
+        return "classifier"
+    return None
+
+
+def is_text_model(model: nn.Module) -> bool:
+    return text_kind(model) is not None
+
+
+class OnEmbeddings(nn.Module):
+    """The language model as a function of its input embeddings, for one attention mask: a
+    causal LM's next-token logits at each sequence's last real position, (N, V); a
+    classifier's logits, (N, C). The model is shared, not copied or changed."""
+
+    def __init__(self, model: nn.Module, attention_mask: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.kind = text_kind(model)
+        self.attention_mask = attention_mask  # a constant of this function, not a buffer
+        # the last position whose mask is 1, per sequence (left or right padding alike)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        self.last = (attention_mask.bool() * (positions + 1)).argmax(1)
+        # a causal LM's positions count the text only, as generate() counts them: a
+        # left-padded sequence is explained as the same sequence unpadded
+        self.extra = {}
+        if self.kind == "causal" and "position_ids" in inspect.signature(model.forward).parameters:
+            self.extra["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        self.train(model.training)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        logits = self.model(inputs_embeds=embeddings, attention_mask=self.attention_mask,
+                            **self.extra).logits
+        if self.kind == "causal":
+            return logits[torch.arange(logits.shape[0], device=logits.device), self.last]
+        return logits
+
+
+@dataclass
+class TextExplanation(Explanation):
+    """The relevance of each input embedding entry, (N, T, D), for one token or class per
+    sequence; ``heatmap`` is per token, (N, T). ``tokens`` are the tokens' strings (from the
+    tokenizer, else ``#id``), ``attention_mask`` which positions are text (1) or padding (0)."""
+
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    tokens: list = field(default_factory=list)  # per sequence, a list of strings
+    target_names: list = field(default_factory=list)  # per sequence, the target's string
+
+    @property
+    def heatmap(self) -> torch.Tensor:
+        """(N, T): each token's relevance, its embedding's summed."""
+        return self.relevance.sum(-1)
+
+    # Showing it -------------------------------------------------------------------------
+
+    def html(self, max_sequences: int = 8) -> str:
+        """Coloured tokens, one paragraph per sequence: red for, blue against, the colour's
+        strength the token's share of the sequence's largest |relevance|."""
+        parts = ['<div style="font-family:monospace;line-height:1.9">']
+        for i in range(min(len(self.tokens), max_sequences)):
+            heat, keep = self._row(i)
+            scale = max(max((abs(v) for v in heat), default=0.0), 1e-30)
+            title = html.escape(f"{self.method}: {self.target_names[i]} "
+                                f"(score {float(self.score[i]):.4g})")
+            spans = []
+            for token, value, real in zip(self.tokens[i], heat, keep):
+                if not real:
+                    continue
+                alpha = min(abs(value) / scale, 1.0)
+                colour = (220, 40, 40) if value >= 0 else (40, 90, 220)
+                spans.append(f'<span title="{value:.4g}" style="background:rgba({colour[0]},'
+                             f'{colour[1]},{colour[2]},{alpha:.3f});padding:1px 2px;'
+                             f'border-radius:3px">{html.escape(_shown(token))}</span>')
+            parts.append(f"<p><b>{title}</b><br>{''.join(spans)}</p>")
+        parts.append("</div>")
+        return "\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _repr_png_(self):
+        return None  # text shows itself as HTML
+
+    def terminal(self, max_sequences: int = 8) -> str:
+        """The coloured tokens for a terminal (24-bit ANSI colours)."""
+        lines = []
+        for i in range(min(len(self.tokens), max_sequences)):
+            heat, keep = self._row(i)
+            scale = max(max((abs(v) for v in heat), default=0.0), 1e-30)
+            words = []
+            for token, value, real in zip(self.tokens[i], heat, keep):
+                if not real:
+                    continue
+                t = min(abs(value) / scale, 1.0)
+                fade = int(255 * (1 - t))
+                rgb = (255, fade, fade) if value >= 0 else (fade, fade, 255)
+                words.append(f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m"
+                             f"{_shown(token)}\x1b[0m")
+            lines.append(f"{self.method}: {self.target_names[i]} (score "
+                         f"{float(self.score[i]):.4g})\n" + "".join(words))
+        return "\n\n".join(lines)
+
+    def records(self) -> list[dict]:
+        """Per sequence: its tokens, ids and relevance, the target and the score (JSON-ready)."""
+        found = []
+        for i in range(len(self.tokens)):
+            heat, keep = self._row(i)
+            found.append({"method": self.method, "target": int(self.target[i]),
+                          "target_token": self.target_names[i], "score": float(self.score[i]),
+                          "delta": float(self.delta[i]),
+                          "tokens": [{"token": t, "id": int(self.input_ids[i, j]),
+                                      "relevance": heat[j], "padding": not keep[j]}
+                                     for j, t in enumerate(self.tokens[i])]})
+        return found
+
+    def save(self, path, max_sequences: int = 8) -> None:
+        """``.html``: the coloured tokens; ``.json``: :meth:`records`."""
+        path = Path(path)
+        if path.suffix == ".html":
+            path.write_text("<!doctype html><meta charset='utf-8'>\n" + self.html(max_sequences),
+                            encoding="utf-8")
+        elif path.suffix == ".json":
+            path.write_text(json.dumps(self.records(), indent=1), encoding="utf-8")
+        else:
+            raise ValueError(f"a text explanation is saved as .html or .json, not "
+                             f"'{path.suffix or path.name}'")
+
+    def figure(self, images=None, max_images: int = 8):
+        raise ValueError("a text explanation has no image figure: use html(), terminal() or "
+                         "save('x.html')")
+
+    def show(self, images=None, max_images: int = 8) -> None:
+        try:
+            from IPython import get_ipython
+            from IPython.display import HTML, display
+            if get_ipython() is not None and "Terminal" not in type(get_ipython()).__name__:
+                display(HTML(self.html(max_images)))
+                return
+        except ImportError:
+            pass
+        print(self.terminal(max_images))
+
+    def _row(self, i: int) -> tuple[list[float], list[bool]]:
+        heat = self.heatmap[i].double().tolist()
+        keep = [True] * len(heat) if self.attention_mask is None else \
+            [bool(v) for v in self.attention_mask[i].tolist()]
+        return heat, keep
+
+
+def _shown(token: str) -> str:
+    """A token as a reader sees it: the byte-level BPE's space mark and SentencePiece's as a
+    space."""
+    return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
+
+
+def _token_strings(tokenizer, ids: torch.Tensor) -> list[list[str]]:
+    if tokenizer is None:
+        return [[f"#{int(t)}" for t in row] for row in ids]
+    return [tokenizer.convert_ids_to_tokens([int(t) for t in row]) for row in ids]
+
+
+def token_target(target, tokenizer):
+    """A target as the text explainer takes it: a token string becomes its id (it must be one
+    token of the tokenizer), a list of them a list of ids; anything else as it is."""
+    if isinstance(target, str):
+        return _token_id(target, tokenizer)
+    if isinstance(target, (list, tuple)) and target and all(isinstance(t, str) for t in target):
+        return [_token_id(t, tokenizer) for t in target]
+    return target
+
+
+def _token_id(text: str, tokenizer) -> int:
+    if tokenizer is None:
+        raise ValueError(f"target='{text}' is a token string: pass tokenizer= so that relprop "
+                         "can look it up, or give the token id")
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ValueError(f"target '{text}' is {len(ids)} tokens for this tokenizer ({pieces}); "
+                         "give one token (with its leading space where the tokenizer marks one, "
+                         "e.g. ' Paris'), or its id")
+    return ids[0]
+
+
+class TextExplainer:
+    """Explains a Hugging Face language model with one method: ``explain(input_ids, target,
+    attention_mask=None)``. The captured function is kept per attention mask, so that calls
+    with the same mask (no padding) capture the model once."""
+
+    def __init__(self, model: nn.Module, method: str, tokenizer=None, **options):
+        from .registry import get_method
+        self.model, self.method, self.tokenizer, self.options = model, method, tokenizer, options
+        self.spec = get_method(method)
+        self._explainers: dict = {}
+
+    def check(self, dtype: torch.dtype | None = None, layer: str | None = None) -> None:
+        if layer is not None:
+            raise ValueError("layer= is not supported for language models yet: relprop explains "
+                             "a text at its input embeddings")
+
+    def exclusive(self, layer: str | None = None) -> bool:
+        return False
+
+    def explain(self, input_ids: torch.Tensor, target=None, layer=None, attention_mask=None,
+                tokenizer=None, **options) -> TextExplanation:
+        """``input_ids`` (N, T) token ids; ``target``: None (a causal LM's predicted next token,
+        a classifier's predicted class), a token id or class index (one, or one per sequence),
+        a token string (with ``tokenizer=``), or a callable on the logits; ``attention_mask``
+        (N, T), 1 for text and 0 for padding (default: all text); ``tokenizer`` for this call."""
+        self.check(None, layer)
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+        ids = self._ids(input_ids)
+        mask = torch.ones_like(ids) if attention_mask is None else \
+            torch.as_tensor(attention_mask, device=ids.device)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids "
+                             f"{tuple(ids.shape)}: give one of the same shape")
+        if not bool((mask.sum(1) > 0).all()):
+            raise ValueError("a sequence's attention_mask is all zeros: it has no text to "
+                             "explain")
+        embedding = self.model.get_input_embeddings()
+        with torch.no_grad():
+            x = embedding(ids).detach()
+        inner = self._explainer(mask)
+        e = inner.explain(x, token_target(target, self.tokenizer), **options)
+        relevance = e.relevance * mask[..., None].to(e.relevance.dtype)  # padding: none
+        names = _token_strings(self.tokenizer, e.target.view(-1, 1))
+        kept = {k: getattr(e, k) for k in ("target", "score", "logits", "method", "inputs")}
+        return TextExplanation(relevance, **kept, input_ids=ids.detach(),
+                               attention_mask=mask.detach(),
+                               tokens=_token_strings(self.tokenizer, ids),
+                               target_names=[n[0] if self.kind == "causal" else
+                                             self._class_name(int(t)) for n, t in
+                                             zip(names, e.target)])
+
+    @property
+    def kind(self) -> str:
+        return text_kind(self.model)
+
+    def _class_name(self, index: int) -> str:
+        labels = getattr(self.model.config, "id2label", None) or {}
+        return str(labels.get(index, index))
+
+    def _ids(self, input_ids) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or \
+                input_ids.dim() != 2:
+            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else None
+            raise ValueError(f"a language model is explained from input_ids, an integer tensor "
+                             f"(N, T) (a tokenizer's return_tensors='pt'), got "
+                             f"{type(input_ids).__name__} of shape {shape}")
+        return input_ids
+
+    def _explainer(self, mask: torch.Tensor):
+        key = (tuple(mask.shape), mask.device, mask.cpu().numpy().tobytes())
+        if key not in self._explainers:
+            if len(self._explainers) >= 4:  # a few masks kept: a loop over padded batches
+                self._explainers.pop(next(iter(self._explainers)))
+            module = OnEmbeddings(self.model, mask)
+            self._explainers[key] = self.spec.build(module, method=self.method, **self.options)
+        return self._explainers[key]
+
+
+def load(name: str):
+    """``(model, tokenizer)`` of the Hugging Face language model ``name`` (a hub name in the HF
+    cache, or a folder ``save_pretrained`` wrote), offline: a causal LM where its config names
+    one, else a sequence classifier. A ValueError in one line where it cannot be read."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("language models need transformers: pip install transformers") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+        causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in config.architectures or [])
+        auto = transformers.AutoModelForCausalLM if causal else \
+            transformers.AutoModelForSequenceClassification
+        model = auto.from_pretrained(name, local_files_only=True).eval()
+    except Exception as e:  # OSError, ValueError, HF's own: all mean it cannot be read here
+        detail = " ".join(str(e).split())[:160]
+        raise ValueError(f"the Hugging Face language model '{name}' (its config, tokenizer and "
+                         "weights) is neither a folder nor in the HF cache (relprop reads it "
+                         "offline); download it once on a machine with network access "
+                         f"(huggingface-cli download {name}), or pass the folder "
+                         f"save_pretrained wrote ({type(e).__name__}: {detail})") from None
+    if not is_text_model(model):
+        raise ValueError(f"'{name}' is a {type(model).__name__}; relprop explains causal "
+                         "language models and sequence classifiers from text")
+    return model, tokenizer
+
+
+__all__ = ["TextExplainer", "TextExplanation", "OnEmbeddings", "is_text_model", "text_kind",
+           "token_target", "load"]

@@ -1,0 +1,162 @@
+"""Language models (rap-spec §9.5): every listed Hugging Face family, small and random, explained
+from its token ids at its input embeddings, in float64.
+
+What could go wrong and is checked here: relevance lost on the way (Σ R = the logit for RAP),
+padding that takes relevance or changes the text's, a token-string target that explains another
+token, a map that does not show what the arrays hold, the user's ids or model changed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import relprop
+from relprop.text import TextExplanation
+from tests.text_models import build, families, tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+_MODELS = [(name, kind) for name, (_, causal, classifier, _) in families().items()
+           for kind, cls in (("causal", causal), ("classifier", classifier)) if cls is not None]
+
+
+def _ids(n=2, t=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 29, (n, t), generator=g)
+
+
+@pytest.mark.parametrize("name, kind", _MODELS)
+def test_rap_relevance_sums_to_the_logit_in_float64(name, kind):
+    model = build(name, kind).double()
+    ids = _ids()
+    for method in ("rap", "rap-stable"):
+        e = relprop.explain(model, ids, method=method)
+        assert isinstance(e, TextExplanation)
+        assert e.relevance.shape == (2, 7, model.get_input_embeddings().embedding_dim)
+        assert e.heatmap.shape == (2, 7) and e.heatmap.abs().sum() > 0
+        with torch.no_grad():
+            logits = model(ids).logits
+        row = logits[:, -1] if kind == "causal" else logits
+        assert torch.equal(e.target, row.argmax(-1))  # the predicted token or class
+        # the model rounds its RMSNorms and rotary angles through float32 even in float64;
+        # relprop computes them in the model's dtype (relprop.ops.keeps_precision)
+        torch.testing.assert_close(e.score, row.gather(1, e.target[:, None])[:, 0], rtol=1e-6,
+                                   atol=1e-9)
+        assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all(), (method, e.delta)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("method", ["lrp-attn", "lrp-epsilon-plus", "gradient",
+                                    "integrated-gradients", "smoothgrad"])
+def test_every_family_of_methods_gives_a_finite_map(name, method):
+    kind = "classifier" if name == "bert" else "causal"
+    model = build(name, kind).double()
+    options = {"steps": 4} if method == "integrated-gradients" else \
+        {"samples": 3} if method == "smoothgrad" else {}
+    e = relprop.explain(model, _ids(), method=method, **options)
+    assert torch.isfinite(e.relevance).all() and e.heatmap.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("method", ["rap", "lrp-epsilon-plus"])
+def test_padding_gets_no_relevance_and_leaves_the_text_as_it_was(name, method):
+    """Left padding for a causal LM, right padding for a classifier: the padding's relevance is
+    0, Σ R is still the logit, and the text's relevance is the unpadded sequence's. RAP
+    normalises over all units of a layer, and a classifier's padding positions are units (they
+    attend to the text, which does not attend to them): on BERT they shift the text's RAP
+    relevance by up to 1e-4 of itself, and by 0 on the causal models."""
+    kind = "classifier" if name == "bert" else "causal"
+    model = build(name, kind).double()
+    ids = _ids(2, 7)
+    mask = torch.ones_like(ids)
+    text = slice(2, 7) if kind == "causal" else slice(0, 5)
+    pad = slice(0, 2) if kind == "causal" else slice(5, 7)
+    mask[1, pad] = 0
+    padded = relprop.explain(model, ids, method=method, attention_mask=mask)
+    alone = relprop.explain(model, ids[1:, text], method=method)
+    assert torch.equal(padded.relevance[1, pad], torch.zeros_like(padded.relevance[1, pad]))
+    assert int(padded.target[1]) == int(alone.target[0])
+    assert float(padded.score[1]) == pytest.approx(float(alone.score[0]), abs=1e-12)
+    if method == "rap":
+        assert abs(float(padded.delta[1])) <= 1e-9 * max(1.0, abs(float(padded.score[1])))
+    tol = 1e-4 if (method, kind) == ("rap", "classifier") else 1e-9
+    torch.testing.assert_close(padded.heatmap[1, text], alone.heatmap[0], rtol=tol, atol=1e-12)
+
+
+def test_a_token_string_target_is_that_tokens_logit():
+    tok = tokenizer()
+    model = build("llama").double()
+    ids = tok("the cat sat on the", return_tensors="pt")["input_ids"]
+    e = relprop.explain(model, ids, target="mat", tokenizer=tok, method="rap")
+    mat = tok.convert_tokens_to_ids("mat")
+    assert int(e.target[0]) == mat and e.target_names == ["mat"]
+    with torch.no_grad():
+        assert float(e.score[0]) == pytest.approx(float(model(ids).logits[0, -1, mat]), rel=1e-6)
+    assert e.tokens[0] == ["the", "cat", "sat", "on", "the"]
+    with pytest.raises(ValueError, match="2 tokens"):
+        relprop.explain(model, ids, target="cat sat", tokenizer=tok)
+    with pytest.raises(ValueError, match="tokenizer="):
+        relprop.explain(model, ids, target="mat")
+    with pytest.raises(ValueError, match="input_ids, an integer tensor"):
+        relprop.explain(model, ids.double())
+    contrast = relprop.explain(model, ids, target=lambda y: y[:, mat] - y[:, 6], method="rap")
+    assert float(contrast.score[0]) == pytest.approx(
+        float(e.score[0]) - float(relprop.explain(model, ids, target=6, method="rap").score[0]),
+        abs=1e-12)
+
+
+def test_the_explanation_shows_its_tokens_in_html_json_and_the_terminal(tmp_path):
+    tok = tokenizer()
+    model = build("gpt2").double()
+    ids = tok("the movie was not good", return_tensors="pt")["input_ids"]
+    e = relprop.explain(model, ids, tokenizer=tok, method="rap")
+    heat = e.heatmap[0]
+    page = e._repr_html_()
+    for word in ("movie", "not", "good"):
+        assert f">{word}</span>" in page
+    strongest = int(heat.abs().argmax())
+    colour = "220,40,40" if heat[strongest] >= 0 else "40,90,220"
+    assert f"rgba({colour},1.000)" in page  # the largest |R| at full strength, in its sign
+    e.save(tmp_path / "x.html")
+    e.save(tmp_path / "x.json")
+    assert "movie" in (tmp_path / "x.html").read_text()
+    record = json.loads((tmp_path / "x.json").read_text())[0]
+    assert [t["token"] for t in record["tokens"]] == e.tokens[0]
+    assert [t["relevance"] for t in record["tokens"]] == pytest.approx(heat.tolist(), abs=1e-12)
+    assert record["score"] == pytest.approx(float(e.score[0]))
+    shown = e.terminal()
+    assert "movie" in shown and "\x1b[48;2;" in shown
+    with pytest.raises(ValueError, match=".html or .json"):
+        e.save(tmp_path / "x.png")
+
+
+def test_the_users_ids_and_model_are_not_changed():
+    model = build("qwen2")
+    ids = _ids()
+    before = ids.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    relprop.explain(model, ids, method="rap-stable")
+    assert torch.equal(ids, before) and model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_the_cli_explains_a_text_of_a_saved_model(tmp_path, capsys):
+    from relprop import cli
+    folder = tmp_path / "tiny-llama"
+    build("llama").save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    out = tmp_path / "out"
+    assert cli.main(["explain", "--model", f"hf:{folder}", "--text", "the cat sat on the",
+                     "--text", "the dog", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "cat" in printed.out and "\x1b[48;2;" in printed.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["text"] for r in summary["texts"]] == ["the cat sat on the", "the dog"]
+    assert abs(summary["texts"][0]["relevance_sum"] - summary["texts"][0]["score"]) < 1e-3
+    assert (out / "text1.html").is_file() and (out / "text2.json").is_file()
+    assert cli.main(["explain", "--model", f"hf:{tmp_path / 'missing'}", "--text", "a",
+                     "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "neither a folder nor in the HF cache" in err and len(err.splitlines()) == 1
