@@ -160,3 +160,41 @@ def test_the_cli_explains_a_text_of_a_saved_model(tmp_path, capsys):
                      "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip()
     assert "neither a folder nor in the HF cache" in err and len(err.splitlines()) == 1
+
+
+def test_written_out_norms_and_activations_are_read_as_what_they_are():
+    """Llama's RMSNorm (x · rsqrt(mean x² + eps)) is one norm and GPT-2's NewGELUActivation
+    (0.5·x·(1 + tanh(...))) one activation: read op by op they would be products of the input
+    with functions of itself, taking the uniform rule (rap-spec §8.2) instead of §8.3/§8.1."""
+    from relprop.graph import traced
+    from relprop.text import OnEmbeddings
+    for name, part in (("llama", "layernorm"), ("gpt2", "mlp.act")):
+        model = build(name).double()
+        ids = _ids(1, 5)
+        graph = traced(OnEmbeddings(model, torch.ones_like(ids)),
+                       model.get_input_embeddings()(ids).detach())
+        inside = [op for op in graph.ops if op.module_path and op.module_path.endswith(
+            part.split(".")[-1]) and op.kind not in ("meta", "constant")]
+        assert inside and not [op for op in inside if op.kind in ("product", "matmul")], \
+            [(op.name, op.kind) for op in inside]
+
+
+def test_lrp_attn_equals_lxt_on_gpt2(tmp_path):
+    """lrp-attn = LXT 2.1's input relevance with its CP-LRP patch map for GPT-2
+    (``lxt.efficient.models.gpt2.cp_LRP``, the map its ViT default uses too), random weights,
+    float64, to 1e-5·max|LXT| per sequence. LXT runs in a process of its own on transformers
+    4.57 (:func:`tests.test_transformers.lxt_environment`)."""
+    import subprocess
+    import sys
+
+    from tests.test_transformers import ROOT, lxt_environment
+    out = tmp_path / "lxt.pt"
+    subprocess.run([sys.executable, "-m", "tests.lxt_text_reference", "gpt2", "cp_LRP", "0",
+                    str(out)], cwd=ROOT, check=True, env=lxt_environment())
+    ref = torch.load(out)
+    model = build("gpt2").double()
+    model.load_state_dict(ref["state"])
+    e = relprop.explain(model, ref["ids"], target=ref["target"], method="lrp-attn")
+    lxt = ref["relevance"]
+    error = (e.relevance - lxt).flatten(1).abs().amax(1)
+    assert (error <= 1e-5 * lxt.flatten(1).abs().amax(1)).all(), error

@@ -120,6 +120,7 @@ def _register_aten() -> None:
     for overload in (aten.slice_scatter.default, aten.select_scatter.default):
         register_op(overload, "movement")
     register_op(aten.adaptive_avg_pool1d.default, "pool")
+    register_op(activation_call, "passthrough")
     # selections by indices computed from the data (a recorded detector's kept boxes, a RoI's
     # pyramid level): the indices are constants of the input's computation (rap-spec §9.4)
     for overload in (aten.index.Tensor, aten.index_put.default, aten.gather.default):
@@ -219,6 +220,7 @@ def export(model: nn.Module, x: torch.Tensor) -> tuple[fx.Graph, dict]:
     _decompose_attention(graph)
     _addmm_as_linear(graph)
     _fuse_rms_norms(graph)
+    _fuse_activations(graph, model)
     _drop_checks(graph)
     return graph, constants
 
@@ -438,6 +440,55 @@ def _fuse_rms_norms(graph: fx.Graph) -> None:
             node.replace_all_uses_with(fused)
             graph.erase_node(node)
             break
+
+
+# Modules whose forward is an elementwise activation, whatever arithmetic it is written in
+# (transformers' NewGELUActivation: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))).
+ACTIVATION_MODULES_FROM = ("transformers.activations.",)
+
+
+def _fuse_activations(graph: fx.Graph, model: nn.Module) -> None:
+    """An activation module written out in arithmetic as the one activation it is (rap-spec
+    §8.1: relevance passes it, LXT's identity rule), called as the module: read op by op, its
+    products of the input with functions of itself would take the uniform rule (§8.2) and
+    its constants shares, a map that is not the spec's."""
+    groups: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if stack:
+            key = list(stack)[-1]
+            path, kind = stack[key]
+            if str(kind).startswith(ACTIVATION_MODULES_FROM):
+                groups.setdefault(key, []).append(node)
+    for nodes in groups.values():
+        path = nodes[0].meta["nn_module_stack"][list(nodes[0].meta["nn_module_stack"])[-1]][0]
+        inside = set(nodes)
+        inputs = {a for n in nodes for a in n.all_input_nodes
+                  if a not in inside and a.op != "get_attr" and a.name not in ("",)}
+        outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if len(inputs) != 1 or len(outputs) != 1 or any(p.requires_grad for p in
+                                                       module.parameters()):
+            continue
+        (x,), out = inputs, outputs[0]
+        if getattr(x.meta.get("val"), "shape", None) != getattr(out.meta.get("val"), "shape", 0):
+            continue
+        with graph.inserting_before(out):
+            call = graph.call_function(activation_call, (x, module))
+        call.meta.update(out.meta)
+        out.replace_all_uses_with(call)
+        for node in reversed(nodes):
+            if not node.users:
+                graph.erase_node(node)
+
+
+def activation_call(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """An elementwise activation module called on ``x`` (the op :func:`_fuse_activations`
+    makes; the module holds no parameters, so the graph keeps no part of the model alive)."""
+    return module(x)
 
 
 def _unroll_lstms(graph: fx.Graph) -> None:
