@@ -179,22 +179,27 @@ def test_written_out_norms_and_activations_are_read_as_what_they_are():
             [(op.name, op.kind) for op in inside]
 
 
-def test_lrp_attn_equals_lxt_on_gpt2(tmp_path):
-    """lrp-attn = LXT 2.1's input relevance with its CP-LRP patch map for GPT-2
-    (``lxt.efficient.models.gpt2.cp_LRP``, the map its ViT default uses too), random weights,
-    float64, to 1e-5·max|LXT| per sequence. LXT runs in a process of its own on transformers
-    4.57 (:func:`tests.test_transformers.lxt_environment`)."""
+@pytest.mark.parametrize("family, patch_map, method", [
+    ("gpt2", "cp_LRP", "lrp-attn"), ("gpt2", "attnLRP", "attnlrp"),
+    ("llama", "attnLRP", "attnlrp"), ("qwen2", "attnLRP", "attnlrp"),
+    ("bert", "attnLRP", "attnlrp")])
+def test_lrp_attn_and_attnlrp_equal_lxt(family, patch_map, method, tmp_path):
+    """LXT 2.1's input relevance with the family's patch map (``lxt.efficient.models.FAMILY``:
+    ``attnLRP``, its default for language models, = relprop's attnlrp; ``cp_LRP``, its ViT
+    default, = lrp-attn), random weights, float64, to 1e-5·max|LXT| per sequence (LXT computes
+    RMSNorm in float32: 9e-8 on Llama and Qwen2, 8e-9 on GPT-2). LXT runs in a process of its
+    own on transformers 4.57 (:func:`tests.test_transformers.lxt_environment`)."""
     import subprocess
     import sys
 
     from tests.test_transformers import ROOT, lxt_environment
     out = tmp_path / "lxt.pt"
-    subprocess.run([sys.executable, "-m", "tests.lxt_text_reference", "gpt2", "cp_LRP", "0",
+    subprocess.run([sys.executable, "-m", "tests.lxt_text_reference", family, patch_map, "0",
                     str(out)], cwd=ROOT, check=True, env=lxt_environment())
     ref = torch.load(out)
-    model = build("gpt2").double()
+    model = build(family, "classifier" if family == "bert" else "causal").double()
     model.load_state_dict(ref["state"])
-    e = relprop.explain(model, ref["ids"], target=ref["target"], method="lrp-attn")
+    e = relprop.explain(model, ref["ids"], target=ref["target"], method=method)
     lxt = ref["relevance"]
     error = (e.relevance - lxt).flatten(1).abs().amax(1)
     assert (error <= 1e-5 * lxt.flatten(1).abs().amax(1)).all(), error

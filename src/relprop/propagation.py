@@ -168,8 +168,8 @@ class AttnLRP(Propagation):
     method = "lrp-attn"
     start_at_score = True
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, method: str = "lrp-attn"):
+        super().__init__(model, method)
 
 
 def _node(graph, layer: str) -> str:
@@ -221,7 +221,7 @@ def _lrp(model: nn.Module, method: str, **options) -> LRP:
 
 
 def _attn_lrp(model: nn.Module, method: str, **options) -> AttnLRP:
-    return AttnLRP(model, **options)
+    return AttnLRP(model, method, **options)
 
 
 register_method(
@@ -261,3 +261,8 @@ register_method(
             "layers, identity at activations, LayerNorm with σ held constant, attention's "
             "weights as a weight of V (CP-LRP); equal to LXT's relevance to 1e-6 of its maximum "
             "(`tests/test_transformers.py`). For transformers; runs on CNNs too.")
+register_method(
+    "attnlrp", _attn_lrp, family="propagation", supports_layer=True,
+    summary="AttnLRP with its softmax rule, as LXT computes it for language models (its "
+            "default map there): lrp-attn's rules, but the attention weights are a signal, the "
+            "softmax takes AttnLRP's rule and both products of attention the uniform rule.")

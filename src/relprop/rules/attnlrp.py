@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ir import ModuleCall
-from .registry import register_analysis, register_rule
+from .registry import derive, register_analysis, register_rule
 from .algebra import lin, lin_t, sdiv
-from .common import fit, operand_shares
+from .common import factor_vjps, fit, operand_shares
 from .lrp import batchnorm_folds, merged, with_bias
 
 METHOD = "lrp-attn"
@@ -97,3 +97,37 @@ def norm(op, relevance, run):
     if weight is not None:
         g = g * weight
     return (x * (g - g.mean(dim=dims, keepdim=True)) / sigma,)
+
+
+# --------------------------------------------------------------------------- attnlrp
+# AttnLRP with its own attention rules, as LXT 2.1's ``attnLRP`` patch maps compute it for
+# language models (``lxt.efficient.models.{gpt2,llama,qwen2,bert}``, its default there): the
+# softmax weights are no weight of V but a signal, and both products of attention take the
+# uniform rule. Everything else is lrp-attn's.
+FULL = "attnlrp"
+derive(FULL, METHOD)
+
+
+@register_rule("matmul", method=FULL, needs_inputs=True, needs_output=True)
+def uniform_matmul(op, relevance, run):
+    """The uniform rule at every product of two tensors, attention's ``softmax(QKᵀ)·V``
+    included (AttnLRP, Prop. 3.2): each factor half of its z-rule share."""
+    s = sdiv(relevance, run.output(op))
+    values = run.args(op)
+    grads = factor_vjps(op, run, s, (0, 1))
+    shares = {}
+    for i, ref in enumerate(op.args):
+        share = values[i] * grads[i] / 2
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    return tuple(shares.get(name) for name in op.inputs)
+
+
+@register_rule("softmax", method=FULL, needs_inputs=True, needs_output=True)
+def softmax(op, relevance, run):
+    """AttnLRP's softmax rule (Prop. 3.3), LXT's gradient × input through it:
+    ``R_x = x ⊙ (R − s Σ R)`` along the softmax's dim; 0 where a masked score is -inf (its
+    weight and relevance are 0)."""
+    x, s = run.args(op)[0], run.output(op)
+    dim = run.kwargs(op)["dim"]
+    found = x * (relevance - s * relevance.sum(dim, keepdim=True))
+    return (torch.where(s > 0, found, torch.zeros((), dtype=found.dtype)),)
