@@ -48,10 +48,15 @@ def build(name: str, labels: int = 5, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.Tensor) and bias.dim() == 1:
-                bias.copy_(torch.randn(bias.shape, generator=g) * 0.05)
+            draw_bias(module, g)
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=g) * 0.1)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
     return model
+
+
+def draw_bias(module: torch.nn.Module, g: torch.Generator) -> None:
+    """A module's bias vector drawn (small, seeded), so that no rule meets only zero biases."""
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.dim() == 1:
+        bias.copy_(torch.randn(bias.shape, generator=g) * 0.05)

@@ -127,8 +127,12 @@ def test_the_explanation_shows_its_tokens_in_html_json_and_the_terminal(tmp_path
     assert record["score"] == pytest.approx(float(e.score[0]))
     shown = e.terminal()
     assert "movie" in shown and "\x1b[48;2;" in shown
-    with pytest.raises(ValueError, match=".html or .json"):
-        e.save(tmp_path / "x.png")
+    e.save(tmp_path / "x.png")
+    from PIL import Image
+    with Image.open(tmp_path / "x.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > picture.size[1]
+    with pytest.raises(ValueError, match=".html, .json"):
+        e.save(tmp_path / "x.txt")
 
 
 def test_the_users_ids_and_model_are_not_changed():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.hf_models import draw_bias
+
 VOCAB = 64
 _DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
@@ -49,9 +51,7 @@ def build(name: str, kind: str = "causal", labels: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.Tensor) and bias.dim() == 1:
-                bias.copy_(torch.randn(bias.shape, generator=g) * 0.05)
+            draw_bias(module, g)
             weight = getattr(module, "weight", None)
             if "Norm" in type(module).__name__ and isinstance(weight, torch.Tensor):
                 weight.copy_(1 + torch.randn(weight.shape, generator=g) * 0.1)

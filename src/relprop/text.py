@@ -154,20 +154,65 @@ class TextExplanation(Explanation):
         return found
 
     def save(self, path, max_sequences: int = 8) -> None:
-        """``.html``: the coloured tokens; ``.json``: :meth:`records`."""
+        """``.html``: the coloured tokens; ``.json``: :meth:`records`; ``.png``, ``.pdf``,
+        ``.svg``: :meth:`figure`."""
         path = Path(path)
         if path.suffix == ".html":
             path.write_text("<!doctype html><meta charset='utf-8'>\n" + self.html(max_sequences),
                             encoding="utf-8")
         elif path.suffix == ".json":
             path.write_text(json.dumps(self.records(), indent=1), encoding="utf-8")
+        elif path.suffix in (".png", ".pdf", ".svg"):
+            self.figure(None, max_sequences).savefig(path, dpi=130)
         else:
-            raise ValueError(f"a text explanation is saved as .html or .json, not "
-                             f"'{path.suffix or path.name}'")
+            raise ValueError(f"a text explanation is saved as .html, .json, .png, .pdf or "
+                             f".svg, not '{path.suffix or path.name}'")
 
     def figure(self, images=None, max_images: int = 8):
-        raise ValueError("a text explanation has no image figure: use html(), terminal() or "
-                         "save('x.html')")
+        """A matplotlib Figure of the coloured tokens, one block per sequence (the first
+        ``max_images``), wrapped at 64 characters, as :meth:`html` colours them."""
+        from matplotlib.figure import Figure
+        from matplotlib.patches import FancyBboxPatch
+        width, line_height = 64, 1.0
+        blocks = []
+        for i in range(min(len(self.tokens), max_images)):
+            heat, keep = self._row(i)
+            scale = max(max((abs(v) for v in heat), default=0.0), 1e-30)
+            lines, line, used = [], [], 0
+            for token, value, real in zip(self.tokens[i], heat, keep):
+                if not real:
+                    continue
+                shown = _shown(token).strip() or "␣"
+                if used + len(shown) > width and line:
+                    lines.append(line)
+                    line, used = [], 0
+                line.append((shown, value / scale))
+                used += len(shown) + 1
+            lines.append(line)
+            blocks.append((f"{self.method}: {self.target_names[i]} "
+                           f"(score {float(self.score[i]):.4g})", lines))
+        rows = sum(1 + len(lines) for _, lines in blocks) + 0.5 * len(blocks)
+        figure = Figure(figsize=(0.13 * width + 0.4, 0.32 * rows + 0.2))
+        axes = figure.add_axes((0, 0, 1, 1))
+        axes.set_xlim(-0.5, width + 0.5)
+        axes.set_ylim(rows * line_height, 0)
+        axes.axis("off")
+        y = 0.7
+        for title, lines in blocks:
+            axes.text(0, y, title, fontsize=9, fontweight="bold", va="center")
+            y += line_height
+            for line in lines:
+                x = 0.0
+                for shown, share in line:
+                    colour = (0.86, 0.16, 0.16) if share >= 0 else (0.16, 0.35, 0.86)
+                    axes.add_patch(FancyBboxPatch((x - 0.1, y - 0.38), len(shown) + 0.2, 0.76,
+                                                  boxstyle="round,pad=0.02", linewidth=0,
+                                                  facecolor=(*colour, min(abs(share), 1.0))))
+                    axes.text(x, y, shown, fontsize=9, family="monospace", va="center")
+                    x += len(shown) + 1
+                y += line_height
+            y += 0.5 * line_height
+        return figure
 
     def show(self, images=None, max_images: int = 8) -> None:
         try:
@@ -196,7 +241,9 @@ def _shown(token: str) -> str:
 def _token_strings(tokenizer, ids: torch.Tensor) -> list[list[str]]:
     if tokenizer is None:
         return [[f"#{int(t)}" for t in row] for row in ids]
-    return [tokenizer.convert_ids_to_tokens([int(t) for t in row]) for row in ids]
+    return [[token if token is not None else f"#{int(t)}"  # an id past the tokenizer's vocab
+             for t, token in zip(row, tokenizer.convert_ids_to_tokens([int(t) for t in row]))]
+            for row in ids]
 
 
 def token_target(target, tokenizer):
@@ -294,7 +341,7 @@ class TextExplainer:
     def _explainer(self, mask: torch.Tensor):
         key = (tuple(mask.shape), mask.device, mask.cpu().numpy().tobytes())
         if key not in self._explainers:
-            if len(self._explainers) >= 4:  # a few masks kept: a loop over padded batches
+            if len(self._explainers) >= 8:  # a few masks kept: a loop over padded batches
                 self._explainers.pop(next(iter(self._explainers)))
             module = OnEmbeddings(self.model, mask)
             self._explainers[key] = self.spec.build(module, method=self.method, **self.options)

@@ -1,5 +1,6 @@
 """``relprop explain --model hf:NAME --text "..."``: a language model's decision on each text,
-as coloured tokens in the terminal, NAME.html and NAME.json per text, and a summary."""
+as coloured tokens in the terminal, textK.html, textK.json and textK.png per text, and a
+summary."""
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,8 @@ def run(args) -> int:
             raise Failure(f"text {i}: {error}") from None
         stem = f"text{i}"
         with writing(out):
-            e.save(out / f"{stem}.html")
-            e.save(out / f"{stem}.json")
+            for suffix in (".html", ".json", ".png"):
+                e.save(out / f"{stem}{suffix}")
         print(e.terminal())
         record = e.records()[0]
         rows.append({"text": sentence, "file": f"{stem}.html", "explained": record["target_token"],
@@ -60,6 +61,7 @@ def run(args) -> int:
                      "relevance_sum": float(e.relevance[0].sum()), "tokens": len(record["tokens"])})
     with writing(out / "summary.json"):
         write_json(out / "summary.json", {"model": name, "method": args.method, "texts": rows})
-    print(f"wrote {', '.join(r['file'] for r in rows)} (and .json) and summary.json to {out}/",
+    print(f"wrote {', '.join(r['file'] for r in rows)} (and .json, .png) and summary.json to "
+          f"{out}/",
           file=sys.stderr)
     return 0

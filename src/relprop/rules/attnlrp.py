@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..ir import ModuleCall
 from .registry import derive, register_analysis, register_rule
 from .algebra import lin, lin_t, sdiv
-from .common import factor_vjps, fit, operand_shares
+from .common import fit, operand_shares, uniform_shares
 from .lrp import batchnorm_folds, merged, with_bias
 
 METHOD = "lrp-attn"
@@ -112,14 +112,7 @@ derive(FULL, METHOD)
 def uniform_matmul(op, relevance, run):
     """The uniform rule at every product of two tensors, attention's ``softmax(QKᵀ)·V``
     included (AttnLRP, Prop. 3.2): each factor half of its z-rule share."""
-    s = sdiv(relevance, run.output(op))
-    values = run.args(op)
-    grads = factor_vjps(op, run, s, (0, 1))
-    shares = {}
-    for i, ref in enumerate(op.args):
-        share = values[i] * grads[i] / 2
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares.get(name) for name in op.inputs)
+    return uniform_shares(op, run, sdiv(relevance, run.output(op)))
 
 
 @register_rule("softmax", method=FULL, needs_inputs=True, needs_output=True)

@@ -179,16 +179,22 @@ def matmul(op, relevance, run):
     goes to the other factor by the z-rule ``b ⊙ ∂(a·b)/∂b (R/y)``. Otherwise each factor gets
     half of its z-rule share (the uniform rule, AttnLRP Prop. 3.2)."""
     s = sdiv(relevance, run.output(op))
-    values = run.args(op)
     roles = weight_and_signal(op)
-    if roles is not None:
-        weight, signal = roles
-        grads = factor_vjps(op, run, s, (signal,))
-        shares = {op.args[signal].name: values[signal] * grads[signal]}
-    else:
-        grads = factor_vjps(op, run, s, (0, 1))
-        shares = {}
-        for i, ref in enumerate(op.args):
-            share = values[i] * grads[i] / 2
-            shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    if roles is None:
+        return uniform_shares(op, run, s)
+    _, signal = roles
+    grads = factor_vjps(op, run, s, (signal,))
+    shares = {op.args[signal].name: run.args(op)[signal] * grads[signal]}
+    return tuple(shares.get(name) for name in op.inputs)
+
+
+def uniform_shares(op, run, s):
+    """The uniform rule at a product of two tensors (AttnLRP, Prop. 3.2): each factor half of
+    its z-rule share, with ``s = R / y``; a factor that is the same tensor twice gets both."""
+    values = run.args(op)
+    grads = factor_vjps(op, run, s, (0, 1))
+    shares = {}
+    for i, ref in enumerate(op.args):
+        share = values[i] * grads[i] / 2
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
     return tuple(shares.get(name) for name in op.inputs)

@@ -1,0 +1,58 @@
+"""Rebuild docs/text.png from a real run of ``relprop explain --text`` on a model saved with
+``save_pretrained`` (offline):
+
+    python docs/make_text.py OUT_DIR
+
+The synthetic sentiment classifier of ``benchmarks/text_synthetic.py`` (its label decided by
+"good" or "bad", flipped by a "not" before it, among filler words) is trained here, saved with
+its tokenizer to OUT_DIR/model, and explained on three sentences with ``rap-stable``; their
+pictures are stacked into docs/text.png.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import text_synthetic  # noqa: E402  (benchmarks/ is no package)
+
+from relprop import cli  # noqa: E402
+
+SENTENCES = ("the movie was very good and i sat on the mat",
+             "it was not good but the cat is very",
+             "a dog sat on the mat and it was bad")
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(2)
+    model, accuracy = text_synthetic.train()
+    print(f"trained: accuracy {accuracy:.3f}")
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    folder = out / "model"
+    model.save_pretrained(folder)
+    text_synthetic.tokenizer().save_pretrained(folder)
+    args = ["explain", "--model", f"hf:{folder}", "--out", str(out / "explained")]
+    for sentence in SENTENCES:
+        args += ["--text", sentence]
+    if cli.main(args) != 0:
+        raise SystemExit("relprop explain failed")
+    pictures = [Image.open(out / "explained" / f"text{i}.png").convert("RGB")
+                for i in range(1, len(SENTENCES) + 1)]
+    width = max(p.width for p in pictures)
+    sheet = Image.new("RGB", (width, sum(p.height for p in pictures)), "white")
+    y = 0
+    for picture in pictures:
+        sheet.paste(picture, (0, y))
+        y += picture.height
+    sheet.save(ROOT / "docs" / "text.png")
+    print(f"wrote {ROOT / 'docs' / 'text.png'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "text-out"))
