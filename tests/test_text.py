@@ -160,6 +160,15 @@ def test_the_cli_explains_a_text_of_a_saved_model(tmp_path, capsys):
     assert [r["text"] for r in summary["texts"]] == ["the cat sat on the", "the dog"]
     assert abs(summary["texts"][0]["relevance_sum"] - summary["texts"][0]["score"]) < 1e-3
     assert (out / "text1.html").is_file() and (out / "text2.json").is_file()
+    assert cli.main(["compare", "--model", f"hf:{folder}", "--text", "the cat sat on the",
+                     "--methods", "rap,attnlrp", "--out", str(tmp_path / "compared")]) == 0
+    capsys.readouterr()
+    compared = json.loads((tmp_path / "compared" / "compare.json").read_text())
+    assert compared["methods"] == ["rap", "attnlrp"]
+    by_method = compared["texts"][0]["methods"]
+    assert [t["token"] for t in by_method["rap"]["tokens"]] == ["the", "cat", "sat", "on", "the"]
+    assert by_method["rap"]["target"] == by_method["attnlrp"]["target"]  # the same token
+    assert (tmp_path / "compared" / "compare1.png").is_file()
     assert cli.main(["explain", "--model", f"hf:{tmp_path / 'missing'}", "--text", "a",
                      "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip()
@@ -207,3 +216,28 @@ def test_lrp_attn_and_attnlrp_equal_lxt(family, patch_map, method, tmp_path):
     lxt = ref["relevance"]
     error = (e.relevance - lxt).flatten(1).abs().amax(1)
     assert (error <= 1e-5 * lxt.flatten(1).abs().amax(1)).all(), error
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-attn"])
+def test_each_generated_token_is_explained_as_its_own_prefix_would_be(method):
+    """generate(): one forward pass of the continuation, one sweep per new token; row k equals
+    explaining the prompt plus the k tokens before it for that token, and is 0 after it."""
+    model = build("gpt2").double()
+    prompt = _ids(1, 5)
+    explainer = relprop.explainer(model, method)
+    e = explainer.generate(prompt, max_new_tokens=3)
+    assert e.relevance.shape[0] == 3 and e.heatmap.shape == (3, 7)
+    with torch.no_grad():
+        greedy = prompt
+        for _ in range(3):
+            greedy = torch.cat([greedy, model(greedy).logits[:, -1:].argmax(-1)], 1)
+    assert e.target.tolist() == greedy[0, 5:].tolist()
+    for k in range(3):
+        alone = relprop.explain(model, greedy[:, :5 + k], target=int(greedy[0, 5 + k]),
+                                method=method)
+        torch.testing.assert_close(e.score[k], alone.score[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(e.heatmap[k, :5 + k], alone.heatmap[0], rtol=1e-9,
+                                   atol=1e-12)
+        assert not e.heatmap[k, 5 + k:].any()
+    with pytest.raises(ValueError, match="one prompt"):
+        explainer.generate(_ids(2, 5))

@@ -52,10 +52,11 @@ class OnEmbeddings(nn.Module):
     causal LM's next-token logits at each sequence's last real position, (N, V); a
     classifier's logits, (N, C). The model is shared, not copied or changed."""
 
-    def __init__(self, model: nn.Module, attention_mask: torch.Tensor):
+    def __init__(self, model: nn.Module, attention_mask: torch.Tensor, every_position=False):
         super().__init__()
         self.model = model
         self.kind = text_kind(model)
+        self.every_position = every_position  # a causal LM's logits at all positions (N, T, V)
         self.attention_mask = attention_mask  # a constant of this function, not a buffer
         # the last position whose mask is 1, per sequence (left or right padding alike)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
@@ -70,7 +71,7 @@ class OnEmbeddings(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs_embeds=embeddings, attention_mask=self.attention_mask,
                             **self.extra).logits
-        if self.kind == "causal":
+        if self.kind == "causal" and not self.every_position:
             return logits[torch.arange(logits.shape[0], device=logits.device), self.last]
         return logits
 
@@ -320,6 +321,57 @@ class TextExplainer:
                                target_names=[n[0] if self.kind == "causal" else
                                              self._class_name(int(t)) for n, t in
                                              zip(names, e.target)])
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 8, tokenizer=None,
+                 **options) -> TextExplanation:
+        """Continue one prompt ``input_ids`` (1, T) greedily by ``max_new_tokens`` tokens and
+        explain each generated token by the text before it (as inseq does): row ``k`` is the
+        ``k``-th new token, its relevance over the prompt and the tokens generated before it
+        (later positions are padding of that row). The whole continuation is run forward once
+        and swept back once per token (:meth:`relprop.explainer.Explainer.explain_each`)."""
+        if self.kind != "causal":
+            raise ValueError("generate() explains a causal language model's continuation; this "
+                             "model is a sequence classifier")
+        ids = self._ids(input_ids)
+        if ids.shape[0] != 1:
+            raise ValueError(f"generate() continues one prompt, (1, T); got {ids.shape[0]}: "
+                             "call it per prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
+                max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens is a positive number, got {max_new_tokens!r}")
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+        sequence = ids
+        with torch.no_grad():
+            for _ in range(max_new_tokens):  # greedy: the model's own most probable token
+                following = self.model(input_ids=sequence).logits[:, -1].argmax(-1)
+                sequence = torch.cat([sequence, following[:, None]], 1)
+        prompt, total = ids.shape[1], sequence.shape[1]
+        read = sequence[:, :-1]  # the last new token is read by no prediction
+        mask = torch.ones_like(read)
+        with torch.no_grad():
+            x = self.model.get_input_embeddings()(read).detach()
+        module = OnEmbeddings(self.model, mask, every_position=True)
+        inner = self.spec.build(module, method=self.method, **self.options)
+        targets = []
+        for k in range(max_new_tokens):
+            w = torch.zeros(1, total - 1, self.model.get_input_embeddings().num_embeddings,
+                            dtype=x.dtype, device=x.device)
+            w[0, prompt - 1 + k, sequence[0, prompt + k]] = 1
+            targets.append(w)
+        rows = inner.explain_each(x, targets, **options)
+        masks = torch.stack([(torch.arange(total - 1) <= prompt - 1 + k).long()
+                             for k in range(max_new_tokens)]).to(ids.device)
+        relevance = torch.cat([r.relevance for r in rows]) * masks[..., None].to(x.dtype)
+        new = sequence[0, prompt:]
+        return TextExplanation(relevance, new.clone(), torch.cat([r.score for r in rows]),
+                               torch.cat([r.logits[:, prompt - 1 + k] for k, r in
+                                          enumerate(rows)]), self.method,
+                               x.expand(max_new_tokens, -1, -1), input_ids=read.expand(
+                                   max_new_tokens, -1).clone(), attention_mask=masks,
+                               tokens=_token_strings(self.tokenizer, read) * max_new_tokens,
+                               target_names=[t[0] for t in _token_strings(self.tokenizer,
+                                                                          new.view(-1, 1))])
 
     @property
     def kind(self) -> str:

@@ -79,6 +79,10 @@ def image_options(p) -> None:
     p.add_argument("--masks", action="store_true",
                    help="Mask R-CNN: explain each detection's mask (the sum of its mask logits "
                         "over the pixels it assigns to the object) instead of its score")
+    p.add_argument("--text", action="append", default=None, metavar="TEXT",
+                   help="explain a Hugging Face language model (--model hf:NAME_OR_PATH) on "
+                        "this text instead of images (repeat for several): coloured tokens, "
+                        "HTML, JSON and PNG; --target is a token (string or id) or a class")
     p.add_argument("--batch-size", type=int, default=8,
                    help="images per batch (default 8; detectors take one image at a time)")
 

@@ -9,6 +9,7 @@ from .. import plot
 from ..outputs import write_json
 from ..registry import methods
 from ..errors import NoDetection
+from . import text
 from .common import Failure, explain_batch, image_options, job, method_choice, skip, writing
 
 
@@ -65,6 +66,8 @@ def panels(batch, found, chosen):
 
 def run(args) -> int:
     """Every requested method on every image: one grid, one overlay per image and method."""
+    if args.text:
+        return text.compare(args, method_choice(args.methods) or list(text.METHODS))
     work = job(args, method_choice(args.methods))
     chosen = list(work.explainers)
     name, out, class_names, target = work.name, work.out, work.class_names, work.target

@@ -15,7 +15,7 @@ from ..api import DEFAULT_METHOD
 from ..registry import methods
 from ..outputs import strict_json, write_json
 from ..errors import NoDetection
-from . import explain_text
+from . import text
 from .common import explain_batch, image_options, job, skip, writing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -76,16 +76,12 @@ def add_parser(sub) -> None:
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="precision of the model and the propagation (bfloat16: networks "
                          "without residual additions, such as VGG; default float32)")
-    ex.add_argument("--text", action="append", default=None, metavar="TEXT",
-                    help="explain a Hugging Face language model (--model hf:NAME_OR_PATH) on "
-                         "this text (repeat for several): coloured tokens, textK.html and "
-                         "textK.json; --target is a token (string or id) or a class")
     ex.set_defaults(run=run)
 
 
 def run(args) -> int:
     if args.text:
-        return explain_text.run(args)
+        return text.explain(args)
     work = job(args, [args.method], DTYPES[args.dtype], args.layer)
     name, out, class_names, target = work.name, work.out, work.class_names, work.target
     explain, items = work.explainers[args.method], work.inputs
