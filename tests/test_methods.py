@@ -37,7 +37,12 @@ def test_methods_lists_what_explain_accepts():
         relprop.explain(family("vgg16"), torch.randn(1, 3, 32, 32), method="lrp")
 
 
-@pytest.mark.parametrize("method", relprop.methods())
+# attnlrp is lrp-attn with attention rules of its own: on these CNNs it is lrp-attn (checked
+# below), and it is tested where there is attention (test_transformers, test_text)
+_METHODS = [m for m in relprop.methods() if m != "attnlrp"]
+
+
+@pytest.mark.parametrize("method", _METHODS)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_every_method_on_every_family(name, method):
     model, size = family(name), FAMILIES[name]
@@ -143,3 +148,11 @@ def test_captum_methods_that_become_others_on_relu6_say_so(method, same_as):
     assert caught[0].filename == __file__
     other = relprop.explain(model, x, 3, same_as).relevance
     torch.testing.assert_close(found, other, rtol=1e-4, atol=1e-5 * float(other.abs().max()))
+
+
+def test_attnlrp_is_lrp_attn_on_a_network_without_attention():
+    model = family("vgg16")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(relprop.explain(model, x, method="attnlrp").relevance,
+                               relprop.explain(model, x, method="lrp-attn").relevance,
+                               rtol=0, atol=0)

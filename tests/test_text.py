@@ -17,8 +17,13 @@ from tests.text_models import build, families, tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
+# Every family as a causal LM, and as a classifier where it has no causal LM or where its
+# backbone differs from Llama's (Qwen2, Mistral and Phi-3's classifiers are Llama's head on
+# their backbones, which their causal LMs test)
 _MODELS = [(name, kind) for name, (_, causal, classifier, _) in families().items()
-           for kind, cls in (("causal", causal), ("classifier", classifier)) if cls is not None]
+           for kind, cls in (("causal", causal), ("classifier", classifier)) if cls is not None
+           and (kind, name) not in {("classifier", "qwen2"), ("classifier", "mistral"),
+                                    ("classifier", "phi3")}]
 
 
 def _ids(n=2, t=7, seed=1):
@@ -46,9 +51,9 @@ def test_rap_relevance_sums_to_the_logit_in_float64(name, kind):
         assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all(), (method, e.delta)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
-@pytest.mark.parametrize("method", ["lrp-attn", "lrp-epsilon-plus", "gradient",
-                                    "integrated-gradients", "smoothgrad"])
+@pytest.mark.parametrize("name, method", [
+    (n, m) for n in ("gpt2", "llama", "bert") for m in ("lrp-attn", "lrp-epsilon-plus", "gradient")
+] + [("llama", "integrated-gradients"), ("bert", "smoothgrad")])
 def test_every_family_of_methods_gives_a_finite_map(name, method):
     kind = "classifier" if name == "bert" else "causal"
     model = build(name, kind).double()
@@ -194,13 +199,12 @@ def test_written_out_norms_and_activations_are_read_as_what_they_are():
 
 @pytest.mark.parametrize("family, patch_map, method", [
     ("gpt2", "cp_LRP", "lrp-attn"), ("gpt2", "attnLRP", "attnlrp"),
-    ("llama", "attnLRP", "attnlrp"), ("qwen2", "attnLRP", "attnlrp"),
-    ("bert", "attnLRP", "attnlrp")])
+    ("llama", "attnLRP", "attnlrp"), ("bert", "attnLRP", "attnlrp")])
 def test_lrp_attn_and_attnlrp_equal_lxt(family, patch_map, method, tmp_path):
     """LXT 2.1's input relevance with the family's patch map (``lxt.efficient.models.FAMILY``:
     ``attnLRP``, its default for language models, = relprop's attnlrp; ``cp_LRP``, its ViT
     default, = lrp-attn), random weights, float64, to 1e-5·max|LXT| per sequence (LXT computes
-    RMSNorm in float32: 9e-8 on Llama and Qwen2, 8e-9 on GPT-2). LXT runs in a process of its
+    RMSNorm in float32: 6e-8 on Llama, 9e-8 on Qwen2 measured once, 8e-9 on GPT-2). LXT runs in a process of its
     own on transformers 4.57 (:func:`tests.test_transformers.lxt_environment`)."""
     import subprocess
     import sys
