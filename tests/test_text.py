@@ -245,3 +245,36 @@ def test_each_generated_token_is_explained_as_its_own_prefix_would_be(method):
         assert not e.heatmap[k, 5 + k:].any()
     with pytest.raises(ValueError, match="one prompt"):
         explainer.generate(_ids(2, 5))
+
+
+def test_what_a_classifier_cannot_be_given_is_one_clear_error_and_names_say_what_was_explained(
+        tmp_path):
+    model = build("bert", "classifier").double()
+    model.config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+    ids = _ids()
+    e = relprop.explain(model, ids, target="positive", method="rap")
+    assert e.target.tolist() == [2, 2] and e.target_names == ["positive", "positive"]
+    with pytest.raises(ValueError, match="'happy' is no class"):
+        relprop.explain(model, ids, target="happy")
+    custom = relprop.explain(model, ids, target=lambda y: y[:, 2] - y[:, 0], method="rap",
+                             tokenizer=tokenizer())
+    assert custom.target_names == ["custom", "custom"]
+    with pytest.raises(ValueError, match="outside the model's 64 embeddings"):
+        relprop.explain(model, torch.full((1, 3), 64))
+    # a decoder's classifier reads the last token of input_ids, which embeddings do not give:
+    # right padding is refused instead of explaining a padding position
+    gpt2 = build("gpt2", "classifier").double()
+    padded, mask = ids.clone(), torch.ones_like(ids)
+    padded[1, 5:], mask[1, 5:] = 0, 0  # the pad id, as a tokenizer pads
+    with pytest.raises(ValueError, match="Pad on the left"):
+        relprop.explain(gpt2, padded, attention_mask=mask)
+    padded, mask = ids.clone(), torch.ones_like(ids)
+    padded[1, :2], mask[1, :2] = 0, 0  # on the left: the last position is the text's
+    e = relprop.explain(gpt2, padded, attention_mask=mask, method="rap")
+    assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all()
+    import transformers
+    masked = transformers.BertForMaskedLM(model.config)
+    masked.save_pretrained(tmp_path / "mlm")
+    tokenizer().save_pretrained(tmp_path / "mlm")
+    with pytest.raises(ValueError, match="BertForMaskedLM; relprop explains causal"):
+        relprop.text.load(str(tmp_path / "mlm"))

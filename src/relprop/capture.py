@@ -424,6 +424,8 @@ def _fuse_rms_norms(graph: fx.Graph) -> None:
     it, as LXT holds the rms constant). Read as it is written, it would be a product of two
     signals whose rms factor takes half the relevance (§8.2) and hands it on through x² to
     every position of the norm: a map that conserves but is not the spec's."""
+    if not hasattr(aten, "rms_norm"):  # torch < 2.4: the product is read as it is written
+        return
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not aten.mul.Tensor or \
                 not all(isinstance(a, fx.Node) for a in node.args[:2]):
@@ -464,7 +466,7 @@ def _fuse_activations(graph: fx.Graph, model: nn.Module) -> None:
         path = nodes[0].meta["nn_module_stack"][list(nodes[0].meta["nn_module_stack"])[-1]][0]
         inside = set(nodes)
         inputs = {a for n in nodes for a in n.all_input_nodes
-                  if a not in inside and a.op != "get_attr" and a.name not in ("",)}
+                  if a not in inside and a.op != "get_attr"}
         outputs = [n for n in nodes if any(u not in inside for u in n.users)]
         try:
             module = model.get_submodule(path)

@@ -117,7 +117,11 @@ class Mask:
             if d.mask is None:
                 raise ValueError("Mask(...) explains a detection's mask: this scene has none "
                                  "(Mask R-CNN returns masks; record with scene(..., masks=True))")
-        return [replace(d, explained="mask") for d in picked if d.mask]
+        empty = [d.index for d in picked if not d.mask]
+        if empty:
+            raise NoDetection(f"the mask of detection {empty[0]} of image {image} has no pixel "
+                              "above probability 0.5: there is no mask to explain")
+        return [replace(d, explained="mask") for d in picked]
 
     def __repr__(self):
         return f"Mask({self.target!r})"

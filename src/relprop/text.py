@@ -66,7 +66,7 @@ class OnEmbeddings(nn.Module):
         self.extra = {}
         if self.kind == "causal" and "position_ids" in inspect.signature(model.forward).parameters:
             self.extra["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-        self.train(model.training)
+        self.training = model.training  # the flag only: the model's own modules keep theirs
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs_embeds=embeddings, attention_mask=self.attention_mask,
@@ -296,8 +296,7 @@ class TextExplainer:
         a token string (with ``tokenizer=``), or a callable on the logits; ``attention_mask``
         (N, T), 1 for text and 0 for padding (default: all text); ``tokenizer`` for this call."""
         self.check(None, layer)
-        if tokenizer is not None:
-            self.tokenizer = tokenizer
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         ids = self._ids(input_ids)
         mask = torch.ones_like(ids) if attention_mask is None else \
             torch.as_tensor(attention_mask, device=ids.device)
@@ -311,16 +310,18 @@ class TextExplainer:
         with torch.no_grad():
             x = embedding(ids).detach()
         inner = self._explainer(mask)
-        e = inner.explain(x, token_target(target, self.tokenizer), **options)
+        target = self._class_target(target) if self.kind == "classifier" else \
+            token_target(target, tokenizer)
+        e = inner.explain(x, target, **options)
+        if self.kind == "classifier" and not bool(mask.all()):
+            self._check_padding(ids, mask, e.logits)
         relevance = e.relevance * mask[..., None].to(e.relevance.dtype)  # padding: none
-        names = _token_strings(self.tokenizer, e.target.view(-1, 1))
         kept = {k: getattr(e, k) for k in ("target", "score", "logits", "method", "inputs")}
         return TextExplanation(relevance, **kept, input_ids=ids.detach(),
                                attention_mask=mask.detach(),
-                               tokens=_token_strings(self.tokenizer, ids),
-                               target_names=[n[0] if self.kind == "causal" else
-                                             self._class_name(int(t)) for n, t in
-                                             zip(names, e.target)])
+                               tokens=_token_strings(tokenizer, ids),
+                               target_names=[self._target_name(int(t), tokenizer)
+                                             for t in e.target])
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 8, tokenizer=None,
                  **options) -> TextExplanation:
@@ -339,13 +340,13 @@ class TextExplainer:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or \
                 max_new_tokens < 1:
             raise ValueError(f"max_new_tokens is a positive number, got {max_new_tokens!r}")
-        if tokenizer is not None:
-            self.tokenizer = tokenizer
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         sequence = ids
         with torch.no_grad():
             for _ in range(max_new_tokens):  # greedy: the model's own most probable token
-                following = self.model(input_ids=sequence).logits[:, -1].argmax(-1)
-                sequence = torch.cat([sequence, following[:, None]], 1)
+                logits = self.model(input_ids=sequence).logits[:, -1]
+                sequence = torch.cat([sequence, logits.argmax(-1)[:, None]], 1)
+        vocabulary = logits.shape[-1]
         prompt, total = ids.shape[1], sequence.shape[1]
         read = sequence[:, :-1]  # the last new token is read by no prediction
         mask = torch.ones_like(read)
@@ -355,8 +356,7 @@ class TextExplainer:
         inner = self.spec.build(module, method=self.method, **self.options)
         targets = []
         for k in range(max_new_tokens):
-            w = torch.zeros(1, total - 1, self.model.get_input_embeddings().num_embeddings,
-                            dtype=x.dtype, device=x.device)
+            w = torch.zeros(1, total - 1, vocabulary, dtype=x.dtype, device=x.device)
             w[0, prompt - 1 + k, sequence[0, prompt + k]] = 1
             targets.append(w)
         rows = inner.explain_each(x, targets, **options)
@@ -369,17 +369,53 @@ class TextExplainer:
                                           enumerate(rows)]), self.method,
                                x.expand(max_new_tokens, -1, -1), input_ids=read.expand(
                                    max_new_tokens, -1).clone(), attention_mask=masks,
-                               tokens=_token_strings(self.tokenizer, read) * max_new_tokens,
-                               target_names=[t[0] for t in _token_strings(self.tokenizer,
-                                                                          new.view(-1, 1))])
+                               tokens=[list(row) for row in _token_strings(tokenizer, read)
+                                       for _ in range(max_new_tokens)],
+                               target_names=[self._target_name(int(t), tokenizer)
+                                             for t in new])
 
     @property
     def kind(self) -> str:
         return text_kind(self.model)
 
-    def _class_name(self, index: int) -> str:
+    def _target_name(self, index: int, tokenizer) -> str:
+        """The explained token's string or class's name; a target that is no one token or
+        class (weights, a callable) is "custom"."""
+        if index < 0:
+            return "custom"
+        if self.kind == "causal":
+            return _token_strings(tokenizer, torch.tensor([[index]]))[0][0]
         labels = getattr(self.model.config, "id2label", None) or {}
         return str(labels.get(index, index))
+
+    def _class_target(self, target):
+        """A classifier's target: a class name (its config's ``id2label``) becomes its index."""
+        names = [target] if isinstance(target, str) else target
+        if not (isinstance(names, (list, tuple)) and names and
+                all(isinstance(n, str) for n in names)):
+            return target
+        labels = {str(v): int(k) for k, v in (getattr(self.model.config, "id2label", None)
+                                               or {}).items()}
+        missing = [n for n in names if n not in labels]
+        if missing:
+            raise ValueError(f"'{missing[0]}' is no class of this classifier; its classes: "
+                             f"{', '.join(labels)}")
+        found = [labels[n] for n in names]
+        return found[0] if isinstance(target, str) else found
+
+    def _check_padding(self, ids, mask, logits) -> None:
+        """A padded batch must give the model's own logits: a decoder's classifier (GPT-2's,
+        Llama's) reads the last token it finds in ``input_ids``, which it cannot do from
+        embeddings, and then reads the last position, padding included."""
+        with torch.no_grad():
+            own = self.model(input_ids=ids, attention_mask=mask).logits
+        if own.shape != logits.shape or not torch.allclose(
+                own.to(logits.dtype), logits, rtol=1e-4, atol=1e-5 * float(logits.abs().max())):
+            raise ValueError(f"{type(self.model).__name__} reads the class from a position of "
+                             "input_ids that its embeddings do not give relprop: with this "
+                             "padding its logits would not be the model's. Pad on the left "
+                             "(tokenizer.padding_side = 'left'), or explain one sequence at a "
+                             "time")
 
     def _ids(self, input_ids) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or \
@@ -388,6 +424,12 @@ class TextExplainer:
             raise ValueError(f"a language model is explained from input_ids, an integer tensor "
                              f"(N, T) (a tokenizer's return_tensors='pt'), got "
                              f"{type(input_ids).__name__} of shape {shape}")
+        size = self.model.get_input_embeddings().num_embeddings
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= size):
+            raise ValueError(f"input_ids hold ids outside the model's {size} embeddings "
+                             f"({int(input_ids.min())} to {int(input_ids.max())}): a tokenizer "
+                             "with tokens the model was not resized for "
+                             "(model.resize_token_embeddings)")
         return input_ids
 
     def _explainer(self, mask: torch.Tensor):
@@ -398,6 +440,10 @@ class TextExplainer:
             module = OnEmbeddings(self.model, mask)
             self._explainers[key] = self.spec.build(module, method=self.method, **self.options)
         return self._explainers[key]
+
+
+class _NotExplained(Exception):
+    """A checkpoint that loads but is no model relprop explains from text."""
 
 
 def load(name: str):
@@ -411,10 +457,18 @@ def load(name: str):
     try:
         config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
-        causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in config.architectures or [])
+        architectures = config.architectures or []
+        causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures)
+        if not causal and not any(a.endswith(_CLASSIFIER_SUFFIXES) for a in architectures):
+            kind = ", ".join(architectures) or "model of no named architecture"
+            raise _NotExplained(f"'{name}' is a {kind}; relprop explains causal language "
+                                "models and sequence classifiers from text (a head the "
+                                "checkpoint lacks would be random)")
         auto = transformers.AutoModelForCausalLM if causal else \
             transformers.AutoModelForSequenceClassification
         model = auto.from_pretrained(name, local_files_only=True).eval()
+    except _NotExplained as e:
+        raise ValueError(str(e)) from None
     except Exception as e:  # OSError, ValueError, HF's own: all mean it cannot be read here
         detail = " ".join(str(e).split())[:160]
         raise ValueError(f"the Hugging Face language model '{name}' (its config, tokenizer and "

@@ -10,7 +10,7 @@ import torch
 
 from .. import text as texts
 from ..api import explainer
-from ..errors import NotApplicable
+from ..errors import NotApplicable, UnsupportedOperation, UntraceableModel
 from ..outputs import write_json
 from .common import Failure, check_out, writing
 
@@ -56,7 +56,7 @@ def _explained(explain, tokenizer, sentence: str, i: int, target):
         raise Failure(f"text {i} has no tokens")
     try:
         return explain.explain(ids, target)
-    except ValueError as error:
+    except (ValueError, UnsupportedOperation, UntraceableModel) as error:
         raise Failure(f"text {i}: {error}") from None
 
 
@@ -86,15 +86,20 @@ def explain(args) -> int:
 
 def compare(args, chosen: list[str]) -> int:
     model, tokenizer, target, out = _setup(args)
-    explainers = {}
-    for method in chosen:
-        try:
-            explainers[method] = explainer(model, method, tokenizer=tokenizer)
-        except NotApplicable as e:
-            print(f"relprop: {method} left out: {e}", file=sys.stderr)
+    explainers = {method: explainer(model, method, tokenizer=tokenizer) for method in chosen}
     records = []
     for i, sentence in enumerate(args.text, 1):
-        found = {m: _explained(e, tokenizer, sentence, i, target) for m, e in explainers.items()}
+        found = {}
+        for method, explain_one in list(explainers.items()):
+            try:
+                found[method] = _explained(explain_one, tokenizer, sentence, i, target)
+            except Failure as e:
+                if not isinstance(e.__context__, NotApplicable):
+                    raise
+                print(f"relprop: {method} left out: {e.__context__}", file=sys.stderr)
+                del explainers[method]
+        if not found:
+            raise Failure("no method applies to this model")
         stem = f"compare{i}"
         with writing(out):
             (out / f"{stem}.html").write_text(
