@@ -269,7 +269,7 @@ def _recorded_scene(model, x, image, masks: bool = False) -> Scene:
         mask_squashings = _squashings_behind(result["masks"])
         mask_chain = _between(mask_squashings, result["masks"])
         ends += [s.args[0].name for s in mask_squashings if s.args[0].name not in ends]
-    _, constants = recording.path_to(graph, ends)
+    path, constants = recording.path_to(graph, ends)
     keep = constants | set(ends) | {s.name for s in squashings + mask_squashings} | \
         {a.name for n in chain + mask_chain for a in n.all_input_nodes} | \
         {result[k].name for k in ("boxes", "labels", "scores")}
@@ -292,7 +292,6 @@ def _recorded_scene(model, x, image, masks: bool = False) -> Scene:
                               _softmax_row(squash, values[squash.args[0].name], flat),
                               regions[j]))
     module = recording.logit_module(recorded, ends, values)
-    path, _ = recording.path_to(graph, ends)
     on_path = {n.name for n in path}
     layers = {p: n for p, n in recorded.meta["module_outputs"].items() if n in on_path}
     shapes = {n.name: getattr(n.meta.get("val"), "shape", ()) for n in path}
