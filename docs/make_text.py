@@ -3,10 +3,11 @@
 
     python docs/make_text.py OUT_DIR
 
-The synthetic sentiment classifier of ``benchmarks/text_synthetic.py`` (its label decided by
-"good" or "bad", flipped by a "not" before it, among filler words) is trained here, saved with
-its tokenizer to OUT_DIR/model, and explained on three sentences with ``rap-stable``; their
-pictures are stacked into docs/text.png.
+The synthetic sentiment classifier of ``relprop evaluate --data synthetic:text-negation``
+(:mod:`relprop.evaluate.synthetic_text`: its label decided by "good" or "bad", flipped by a
+"not" before it, among filler words) is trained here, saved with its tokenizer to OUT_DIR/model,
+and explained on three sentences with ``rap-stable``; their pictures are stacked into
+docs/text.png.
 """
 from __future__ import annotations
 
@@ -16,12 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from relprop import cli
+from relprop.evaluate import synthetic_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import text_synthetic  # noqa: E402  (benchmarks/ is no package)
-
-from relprop import cli  # noqa: E402
 
 SENTENCES = ("the movie was very good and i sat on the mat",
              "it was not good but the cat is very",
@@ -30,13 +29,11 @@ SENTENCES = ("the movie was very good and i sat on the mat",
 
 def main(out: Path) -> None:
     torch.set_num_threads(2)
-    model, accuracy = text_synthetic.train()
+    model, accuracy = synthetic_text.train("classifier")
     print(f"trained: accuracy {accuracy:.3f}")
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
     folder = out / "model"
     model.save_pretrained(folder)
-    text_synthetic.tokenizer().save_pretrained(folder)
+    synthetic_text.tokenizer().save_pretrained(folder)
     args = ["explain", "--model", f"hf:{folder}", "--out", str(out / "explained")]
     for sentence in SENTENCES:
         args += ["--text", sentence]

@@ -26,6 +26,12 @@ import torch.nn as nn
 
 from .explanation import Explanation
 
+# The methods offered for text (compare's default, serve's list): the propagation methods and
+# the gradient family that needs no image (Grad-CAM, guided backprop, DeepLift and rollout read
+# an image network's modules or attention maps of patches)
+METHODS = ("rap-stable", "rap", "attnlrp", "lrp-attn", "lrp-epsilon-plus", "gradient",
+           "gradient-x-input", "integrated-gradients")
+SENSITIVITIES = ("gradient", "smoothgrad")  # derivatives: a token's map is their norm
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification",)
 
@@ -89,7 +95,12 @@ class TextExplanation(Explanation):
 
     @property
     def heatmap(self) -> torch.Tensor:
-        """(N, T): each token's relevance, its embedding's summed."""
+        """(N, T): each token's relevance, its embedding's summed; for a sensitivity (the
+        gradient, SmoothGrad), which is no share of the score, the gradient's L2 norm over the
+        embedding, as inseq shows saliency: a signed sum is rounding noise where the network
+        begins with a LayerNorm (its gradient sums to zero over the features)."""
+        if self.method in SENSITIVITIES:
+            return self.relevance.norm(dim=-1)
         return self.relevance.sum(-1)
 
     # Showing it -------------------------------------------------------------------------
@@ -111,7 +122,7 @@ class TextExplanation(Explanation):
                 colour = (220, 40, 40) if value >= 0 else (40, 90, 220)
                 spans.append(f'<span title="{value:.4g}" style="background:rgba({colour[0]},'
                              f'{colour[1]},{colour[2]},{alpha:.3f});padding:1px 2px;'
-                             f'border-radius:3px">{html.escape(_shown(token))}</span>')
+                             f'border-radius:3px">{html.escape(shown(token))}</span>')
             parts.append(f"<p><b>{title}</b><br>{''.join(spans)}</p>")
         parts.append("</div>")
         return "\n".join(parts)
@@ -136,7 +147,7 @@ class TextExplanation(Explanation):
                 fade = int(255 * (1 - t))
                 rgb = (255, fade, fade) if value >= 0 else (fade, fade, 255)
                 words.append(f"\x1b[48;2;{rgb[0]};{rgb[1]};{rgb[2]}m\x1b[38;2;0;0;0m"
-                             f"{_shown(token)}\x1b[0m")
+                             f"{shown(token)}\x1b[0m")
             lines.append(f"{self.method}: {self.target_names[i]} (score "
                          f"{float(self.score[i]):.4g})\n" + "".join(words))
         return "\n\n".join(lines)
@@ -183,12 +194,12 @@ class TextExplanation(Explanation):
             for token, value, real in zip(self.tokens[i], heat, keep):
                 if not real:
                     continue
-                shown = _shown(token).strip() or "␣"
-                if used + len(shown) > width and line:
+                word = shown(token).strip() or "␣"
+                if used + len(word) > width and line:
                     lines.append(line)
                     line, used = [], 0
-                line.append((shown, value / scale))
-                used += len(shown) + 1
+                line.append((word, value / scale))
+                used += len(word) + 1
             lines.append(line)
             blocks.append((f"{self.method}: {self.target_names[i]} "
                            f"(score {float(self.score[i]):.4g})", lines))
@@ -204,13 +215,13 @@ class TextExplanation(Explanation):
             y += line_height
             for line in lines:
                 x = 0.0
-                for shown, share in line:
+                for word, share in line:
                     colour = (0.86, 0.16, 0.16) if share >= 0 else (0.16, 0.35, 0.86)
-                    axes.add_patch(FancyBboxPatch((x - 0.1, y - 0.38), len(shown) + 0.2, 0.76,
+                    axes.add_patch(FancyBboxPatch((x - 0.1, y - 0.38), len(word) + 0.2, 0.76,
                                                   boxstyle="round,pad=0.02", linewidth=0,
                                                   facecolor=(*colour, min(abs(share), 1.0))))
-                    axes.text(x, y, shown, fontsize=9, family="monospace", va="center")
-                    x += len(shown) + 1
+                    axes.text(x, y, word, fontsize=9, family="monospace", va="center")
+                    x += len(word) + 1
                 y += line_height
             y += 0.5 * line_height
         return figure
@@ -233,7 +244,7 @@ class TextExplanation(Explanation):
         return heat, keep
 
 
-def _shown(token: str) -> str:
+def shown(token: str) -> str:
     """A token as a reader sees it: the byte-level BPE's space mark and SentencePiece's as a
     space."""
     return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
@@ -290,11 +301,14 @@ class TextExplainer:
         return False
 
     def explain(self, input_ids: torch.Tensor, target=None, layer=None, attention_mask=None,
-                tokenizer=None, **options) -> TextExplanation:
+                tokenizer=None, embeddings: torch.Tensor | None = None,
+                **options) -> TextExplanation:
         """``input_ids`` (N, T) token ids; ``target``: None (a causal LM's predicted next token,
         a classifier's predicted class), a token id or class index (one, or one per sequence),
         a token string (with ``tokenizer=``), or a callable on the logits; ``attention_mask``
-        (N, T), 1 for text and 0 for padding (default: all text); ``tokenizer`` for this call."""
+        (N, T), 1 for text and 0 for padding (default: all text); ``tokenizer`` for this call;
+        ``embeddings`` (N, T, D) explained in place of the ids' own (a perturbed copy: the ids
+        then only name the tokens)."""
         self.check(None, layer)
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         ids = self._ids(input_ids)
@@ -306,9 +320,14 @@ class TextExplainer:
         if not bool((mask.sum(1) > 0).all()):
             raise ValueError("a sequence's attention_mask is all zeros: it has no text to "
                              "explain")
-        embedding = self.model.get_input_embeddings()
-        with torch.no_grad():
-            x = embedding(ids).detach()
+        if embeddings is None:
+            with torch.no_grad():
+                x = self.model.get_input_embeddings()(ids).detach()
+        elif embeddings.shape[:2] != ids.shape:
+            raise ValueError(f"embeddings have shape {tuple(embeddings.shape)}; input_ids "
+                             f"{tuple(ids.shape)}: give (N, T, D) for the same N and T")
+        else:
+            x = embeddings
         inner = self._explainer(mask)
         target = self._class_target(target) if self.kind == "classifier" else \
             token_target(target, tokenizer)
@@ -482,5 +501,17 @@ def load(name: str):
     return model, tokenizer
 
 
+def is_text_checkpoint(name: str) -> bool:
+    """Whether the Hugging Face checkpoint ``name`` (offline: a folder or the HF cache) is a
+    causal LM or sequence classifier by its config; False where there is none to read."""
+    try:
+        import transformers
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:
+        return False
+    return any(a.endswith(_CAUSAL_SUFFIXES + _CLASSIFIER_SUFFIXES)
+               for a in config.architectures or [])
+
+
 __all__ = ["TextExplainer", "TextExplanation", "OnEmbeddings", "is_text_model", "text_kind",
-           "token_target", "load"]
+           "token_target", "load", "is_text_checkpoint", "shown", "METHODS"]

@@ -9,6 +9,7 @@ from .. import plot
 from ..outputs import write_json
 from ..registry import methods
 from ..errors import NoDetection
+from ..text import METHODS as TEXT_METHODS
 from . import text
 from .common import Failure, explain_batch, image_options, job, method_choice, skip, writing
 
@@ -67,7 +68,7 @@ def panels(batch, found, chosen):
 def run(args) -> int:
     """Every requested method on every image: one grid, one overlay per image and method."""
     if args.text:
-        return text.compare(args, method_choice(args.methods) or list(text.METHODS))
+        return text.compare(args, method_choice(args.methods) or list(TEXT_METHODS))
     work = job(args, method_choice(args.methods))
     chosen = list(work.explainers)
     name, out, class_names, target = work.name, work.out, work.class_names, work.target

@@ -34,7 +34,9 @@ def add_parser(sub) -> None:
                         "explains relprop's networks trained on them, --model synthetic-cnn or "
                         "synthetic-vit; 100 images unless --limit), or "
                         "synthetic:shapes-detection (relprop's Faster R-CNN on pictures of "
-                        "several shapes, their masks known; 40 pictures unless --limit); "
+                        "several shapes, their masks known; 40 pictures unless --limit), or "
+                        "synthetic:text-negation (sentences whose deciding words are known; "
+                        "--model synthetic-classifier or synthetic-lm; 100 unless --limit); "
                         "default: scikit-image's "
                         f"{', '.join(prepare.SAMPLES)}, predicted classes")
     p.add_argument("--boxes", default=None,
@@ -116,7 +118,7 @@ def synthetic_set(args) -> str | None:
     if name not in synthetic.SETS:
         raise Failure(f"--data {args.data}: no such synthetic set; available: "
                       f"{', '.join('synthetic:' + s for s in synthetic.SETS)}, "
-                      "synthetic:shapes-detection")
+                      "synthetic:shapes-detection, synthetic:text-negation")
     if args.weights:
         raise Failure("--data synthetic:NAME explains the networks relprop trains on the set; "
                       "leave out --weights")
@@ -219,9 +221,13 @@ def run(args) -> int:
     """The paper's checks of every chosen method on a data set; sharded under torchrun."""
     from ..evaluate.run import METRICS, PERTURBATION_ORDERS, Settings, processes
     from ..evaluate.synthetic_detection import NAME as DETECTION_SET
+    from ..evaluate.synthetic_text import NAME as TEXT_SET
     if args.data == f"synthetic:{DETECTION_SET}":
         from . import evaluate_detection
         return evaluate_detection.run(args)
+    if args.data == f"synthetic:{TEXT_SET}":
+        from . import evaluate_text
+        return evaluate_text.run(args)
     chosen = method_choice(args.methods)
     known = synthetic_set(args)  # a set with known evidence, or None
     default_metrics = ["perturbation", "stability"] + (

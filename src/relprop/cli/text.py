@@ -14,12 +14,6 @@ from ..errors import NotApplicable, UnsupportedOperation, UntraceableModel
 from ..outputs import write_json
 from .common import Failure, check_out, writing
 
-# compare's methods for text where --methods is not given: the propagation methods and two of
-# the gradient family (Grad-CAM and rollout need images or attention maps of patches)
-METHODS = ("rap", "rap-stable", "attnlrp", "lrp-attn", "lrp-epsilon-plus", "gradient-x-input",
-           "integrated-gradients")
-
-
 def _setup(args):
     """(model, tokenizer, target, out) for a text command, refused in one line where the
     arguments do not make one."""

@@ -25,35 +25,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import Response
 from PIL import Image
 
-from .. import api, detection, models, plot, prepare
+from .. import api, detection, models, plot, prepare, text as texts
 from ..errors import UnsupportedOperation, UntraceableModel
 from ..explanation import Explanation, class_scores
 from ..graph import traced
 from ..images import IMAGE_SUFFIXES, UnreadableImage, load_image
 from ..registry import get_method, methods
+from .web import TOP, Refused, web_app
 
-STATIC = Path(__file__).with_name("static")
 MAX_UPLOAD_BYTES = 20 * 2**20  # one photo from any camera; more is refused before it is read
 FORM_OVERHEAD_BYTES = 2**20  # the other form fields and multipart headers
 MAX_PIXELS = 40_000_000  # decoded RGB: 120 MB; a larger picture is refused from its header
-TOP = 5
 SIGNS = {"both": "all", "positive": "positive", "negative": "negative"}  # API word -> plot's
 RELEVANCE_FORMATS = ("list", "npy", "none")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # a form without a file too
-
-
-class Refused(HTTPException):
-    """A request refused, with its reason in words as ``{"detail": ...}`` (400 unless said)."""
-
-    def __init__(self, detail: str, status_code: int = 400):
-        super().__init__(status_code, detail)
 
 
 @dataclass
@@ -83,16 +73,9 @@ def create_app(model_name: str, model: torch.nn.Module, preprocess: Callable,
     if detector:  # methods that hook the model's modules do not explain a detection yet
         all_methods = [m for m in all_methods if m not in detection.NEEDS_MODULES]
 
-    # No Swagger page: it loads its scripts from a CDN. The schema itself is served.
-    app = FastAPI(title="relprop", docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json")
-    app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES)
-    _error_handlers(app)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
+    app = web_app("index.html", MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES,
+                  "the upload is larger than the limit: images up to "
+                               f"{MAX_UPLOAD_BYTES // 2**20} MB")
 
     @app.get("/api/models")
     def models_endpoint():
@@ -399,69 +382,6 @@ def _file_reader(path: Path):
     return read
 
 
-class BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413 before the app parses it, whether
-    the client declares its length or streams it in chunks."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self._refuse(scope, receive, send)
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope, receive, send):
-        mb = MAX_UPLOAD_BYTES // 2**20
-        await JSONResponse({"detail": f"the upload is larger than the limit: images up to {mb} "
-                                      "MB"}, 413)(scope, receive, send)
-
-
-def _error_handlers(app: FastAPI) -> None:
-    """Every error as ``{"detail": words}``: no traceback reaches the page, and the server
-    keeps running (Starlette passes an unexpected error on to uvicorn, which logs its
-    traceback)."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(_field_problem(err) for err in exc.errors())
-        return JSONResponse({"detail": f"bad request: {problems}"}, 400)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {exc}); the "
-                                       "server keeps running"}, 500)
-
-
-def _field_problem(error: dict) -> str:
-    field = ".".join(str(p) for p in error["loc"][1:]) or "request"
-    if field == "image":  # pydantic's words would name Python classes
-        return "the form field 'image' must be a file (the picture), not text"
-    return f"{field}: {error['msg']}"
-
-
 def run(model: str | None = None, weights: str | None = None, device: str | None = None,
         images: str | None = None, host: str = "127.0.0.1", port: int = 8000,
         say: Callable[[str], None] = lambda line: print(f"relprop: {line}", file=sys.stderr)
@@ -473,27 +393,47 @@ def run(model: str | None = None, weights: str | None = None, device: str | None
     where = prepare.device(device)
     if images is not None and not Path(images).is_dir():
         raise prepare.SetupError(f"{images} is not a folder; pass a folder of images", "images")
+    language = (model or "").startswith("hf:") and texts.is_text_checkpoint(model[3:])
+    if language and (images is not None or weights):
+        raise prepare.SetupError(f"{model} is a language model: its page takes text; leave out "
+                                 "--images and --weights", "model")
     sock = _listen(host, port)
     try:
-        loaded = prepare.load_model(model, weights)
-        if loaded.notice:
-            say(loaded.notice)
-        with prepare.out_of_memory(f"moving {loaded.name} to {where}", "use --device cpu"):
-            on_device = loaded.model.to(where)
-        app = create_app(loaded.name, on_device, loaded.preprocess, loaded.class_names, where,
-                         images)
+        if language:
+            app, name = _text_app(model, where)
+        else:
+            loaded = prepare.load_model(model, weights)
+            if loaded.notice:
+                say(loaded.notice)
+            with prepare.out_of_memory(f"moving {loaded.name} to {where}", "use --device cpu"):
+                on_device = loaded.model.to(where)
+            app = create_app(loaded.name, on_device, loaded.preprocess, loaded.class_names,
+                             where, images)
+            name = loaded.name
     except BaseException:
         sock.close()
         raise
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    say(f"serving {loaded.name} on {where} at http://{shown_host}:{bound_port}/ (Ctrl+C stops)")
+    say(f"serving {name} on {where} at http://{shown_host}:{bound_port}/ (Ctrl+C stops)")
     if host not in LOCAL_HOSTS:
         say(f"--host {host}: other machines can reach this page and use this machine's "
             "processors")
     config = uvicorn.Config(app, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _text_app(model: str, where: torch.device):
+    """The text page's app around the language model ``hf:NAME``, and the model's name."""
+    from .text import create_text_app
+    try:
+        language_model, tokenizer = texts.load(model[3:])
+    except ValueError as e:
+        raise prepare.SetupError(str(e)) from None
+    with prepare.out_of_memory(f"moving {model} to {where}", "use --device cpu"):
+        language_model = language_model.to(where)
+    return create_text_app(model, language_model, tokenizer, where), model
 
 
 def _listen(host: str, port: int) -> socket.socket:
