@@ -210,6 +210,21 @@ def test_exact_float32_is_given_back_after_concurrent_calls():
         torch.backends.mkldnn.matmul.fp32_precision = before
 
 
+def test_legacy_tf32_flags_stay_readable_while_explaining():
+    """Model code reads ``torch.backends.cudnn.allow_tf32`` (transformers 4.x's attention does);
+    torch raises there when the conv and RNN settings disagree with that flag, so an explained
+    forward would fail. Inside: readable and off; after: the caller's settings, all of them."""
+    from relprop.explainer import exact_float32
+    cudnn = torch.backends.cudnn
+    before = (cudnn.allow_tf32, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
+              torch.backends.cuda.matmul.allow_tf32)
+    with exact_float32():
+        assert cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+        assert cudnn.conv.fp32_precision == "ieee"
+    assert (cudnn.allow_tf32, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
+            torch.backends.cuda.matmul.allow_tf32) == before
+
+
 def test_a_method_without_a_layer_variant_says_which_have_one():
     with pytest.raises(ValueError, match="no layer variant of 'smoothgrad'.*rap, rap-stable"):
         relprop.explain(_vgg(), torch.randn(1, 3, 32, 32), method="smoothgrad",

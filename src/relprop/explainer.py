@@ -181,6 +181,15 @@ _PRECISION_LOCK = threading.Lock()
 _PRECISION_USERS = {"count": 0, "saved": None}
 
 
+def _setting(owner, name):
+    """A precision setting's value; None for a legacy flag that the caller's mix of the old and
+    new APIs leaves unreadable (its precisions are restored one by one)."""
+    try:
+        return getattr(owner, name)
+    except RuntimeError:
+        return None
+
+
 @contextmanager
 def exact_float32():
     """Full float32 arithmetic in convolutions and matrix products while explaining.
@@ -193,17 +202,19 @@ def exact_float32():
     """
     backends = torch.backends
     if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
-        owners = (backends.cudnn.conv, backends.cuda.matmul, backends.mkldnn.conv,
-                  backends.mkldnn.matmul)
-        settings = [(owner, "fp32_precision") for owner in owners]
-        exact = "ieee"
+        # cuDNN's legacy flag first: model code still reads ``cudnn.allow_tf32`` (transformers
+        # 4.x's attention), which raises unless it agrees with the conv and RNN settings
+        settings = [(backends.cudnn, "allow_tf32", False)] + [
+            (owner, "fp32_precision", "ieee") for owner in (
+                backends.cudnn.conv, backends.cudnn.rnn, backends.cuda.matmul,
+                backends.mkldnn.conv, backends.mkldnn.matmul)]
     else:
-        settings = [(backends.cudnn, "allow_tf32"), (backends.cuda.matmul, "allow_tf32")]
-        exact = False
+        settings = [(backends.cudnn, "allow_tf32", False),
+                    (backends.cuda.matmul, "allow_tf32", False)]
     with _PRECISION_LOCK:
         if _PRECISION_USERS["count"] == 0:
-            _PRECISION_USERS["saved"] = [getattr(owner, name) for owner, name in settings]
-            for owner, name in settings:
+            _PRECISION_USERS["saved"] = [_setting(owner, name) for owner, name, _ in settings]
+            for owner, name, exact in settings:
                 setattr(owner, name, exact)
         _PRECISION_USERS["count"] += 1
     try:
@@ -212,5 +223,6 @@ def exact_float32():
         with _PRECISION_LOCK:
             _PRECISION_USERS["count"] -= 1
             if _PRECISION_USERS["count"] == 0:
-                for (owner, name), value in zip(settings, _PRECISION_USERS["saved"]):
-                    setattr(owner, name, value)
+                for (owner, name, _), value in zip(settings, _PRECISION_USERS["saved"]):
+                    if value is not None:  # in order: the legacy flag, then the precisions
+                        setattr(owner, name, value)
