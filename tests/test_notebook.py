@@ -39,3 +39,6 @@ def test_the_notebook_runs_offline():
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
                    for o in c.outputs)
     assert "Gini sparseness" in text and "convergence delta" in text
+    pages = [o["data"]["text/html"] for c in notebook.cells if c.cell_type == "code"
+             for o in c.outputs if "text/html" in o.get("data", {})]
+    assert any("background:rgba(220,40,40" in page and ">not<" in page for page in pages)

@@ -51,16 +51,19 @@ def test_rap_relevance_sums_to_the_logit_in_float64(name, kind):
         assert (e.delta.abs() <= 1e-9 * e.score.abs().clamp(min=1)).all(), (method, e.delta)
 
 
-@pytest.mark.parametrize("name, method", [
-    (n, m) for n in ("gpt2", "llama", "bert") for m in ("lrp-attn", "lrp-epsilon-plus", "gradient")
-] + [("llama", "integrated-gradients"), ("bert", "smoothgrad")])
-def test_every_family_of_methods_gives_a_finite_map(name, method):
-    kind = "classifier" if name == "bert" else "causal"
+@pytest.mark.parametrize("name", list(families()))
+def test_every_family_is_explained_by_every_text_method_with_a_finite_map(name):
+    """Every method offered for text (``relprop.text.METHODS``) and SmoothGrad, on each family
+    (its causal LM where it has one, else its classifier)."""
+    from relprop.text import METHODS
+    kind = "causal" if families()[name][1] is not None else "classifier"
     model = build(name, kind).double()
-    options = {"steps": 4} if method == "integrated-gradients" else \
-        {"samples": 3} if method == "smoothgrad" else {}
-    e = relprop.explain(model, _ids(), method=method, **options)
-    assert torch.isfinite(e.relevance).all() and e.heatmap.abs().sum() > 0
+    ids = _ids()
+    for method in (*METHODS, "smoothgrad"):
+        options = {"steps": 4} if method == "integrated-gradients" else \
+            {"samples": 3} if method == "smoothgrad" else {}
+        e = relprop.explain(model, ids, method=method, **options)
+        assert torch.isfinite(e.relevance).all() and e.heatmap.abs().sum() > 0, method
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
@@ -278,3 +281,26 @@ def test_what_a_classifier_cannot_be_given_is_one_clear_error_and_names_say_what
     tokenizer().save_pretrained(tmp_path / "mlm")
     with pytest.raises(ValueError, match="BertForMaskedLM; relprop explains causal"):
         relprop.text.load(str(tmp_path / "mlm"))
+
+
+def test_methods_and_calls_share_one_capture_of_a_text_model(monkeypatch):
+    """Each call wraps the model anew (``OnEmbeddings``); the wrappers of one model and mask
+    share one capture, which outlives the wrapper it was made from."""
+    import gc
+
+    from relprop import graph
+    captured = []
+    original = graph.capture
+    monkeypatch.setattr(graph, "capture", lambda m, x: captured.append(m) or original(m, x))
+    model = build("gpt2").double()
+    ids = _ids()
+    first = relprop.explain(model, ids, method="rap")
+    gc.collect()  # the first wrapper is gone; its graph is read through the next ones
+    for method in ("rap", "lrp-attn", "attnlrp"):
+        e = relprop.explain(model, ids, method=method)
+        assert torch.isfinite(e.relevance).all()
+    assert len(captured) == 1
+    assert torch.equal(e.score, first.score) and torch.equal(
+        relprop.explain(model, ids, method="rap").relevance, first.relevance)
+    relprop.explain(model, ids[:, :5], method="rap")  # another shape: captured again
+    assert len(captured) == 2

@@ -122,15 +122,16 @@ def traced(model: nn.Module, example: torch.Tensor | None = None) -> Graph:
     example fx's error is raised."""
     model = unwrap(model)
     with _TRACE_LOCK:
-        entry = _TRACES.get(model)
+        table, key, owner = _trace_table(model)
+        entry = table.get(key)
         versions = (vocabulary.version(), decompositions.version())
-        if entry is None or entry[1] != versions or not entry[0].matches(model):
+        if entry is None or entry[1] != versions or not entry[0].matches(owner):
             try:
                 found = trace(model)
             except UntraceableModel as e:
                 found = e
-            entry = (ModuleTree(model), versions, found, {})
-            _TRACES[model] = entry
+            entry = (ModuleTree(owner), versions, found, {})
+            table[key] = entry
         found, captures = entry[2], entry[3]
         if isinstance(found, Graph):
             return found
@@ -144,6 +145,25 @@ def traced(model: nn.Module, example: torch.Tensor | None = None) -> Graph:
                 captures.pop(next(iter(captures)))
             captures[key] = graph
         return graph
+
+
+_SHARED_TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _trace_table(model: nn.Module) -> tuple[dict, object, nn.Module]:
+    """Where ``model``'s graphs are kept: under the model itself, or, for a wrapper made per
+    call around a model (:class:`relprop.text.OnEmbeddings`, which names it and what else its
+    graph depends on in ``trace_key()``), under the wrapped model, so that every wrapper of the
+    same model and key shares one capture. Returns (table, key, the module whose tree the
+    graph depends on)."""
+    shared = getattr(model, "trace_key", None)
+    if shared is None:
+        return _TRACES, model, model
+    owner, key = shared()
+    table = _SHARED_TRACES.get(owner)
+    if table is None:
+        table = _SHARED_TRACES[owner] = {}
+    return table, key, owner
 
 
 def needs_example(model: nn.Module) -> bool:

@@ -74,6 +74,14 @@ class OnEmbeddings(nn.Module):
             self.extra["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         self.training = model.training  # the flag only: the model's own modules keep theirs
 
+    def trace_key(self) -> tuple:
+        """What this function's graph depends on besides the model (:func:`relprop.graph.traced`
+        keeps one capture per model and key, shared by every wrapper): the mask, whether every
+        position's logits are given."""
+        mask = self.attention_mask
+        return self.model, (tuple(mask.shape), str(mask.device), mask.cpu().numpy().tobytes(),
+                            self.every_position)
+
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs_embeds=embeddings, attention_mask=self.attention_mask,
                             **self.extra).logits
