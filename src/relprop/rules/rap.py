@@ -104,7 +104,12 @@ def output_layer(op, x, w, b, d, score, share_of_d=False):
 
     Where several heads are summed (a distilled DeiT), ``d`` starts summing to 1 per sample,
     the sum's rule hands each head its share of it, and each head's relevance is that share of
-    the score (``share_of_d``), so that together they conserve it."""
+    the score (``share_of_d``), so that together they conserve it.
+
+    Only the classes that ``d`` names take part: every other class's numerators are 0, so its
+    contributions are exactly 0, and a language model's head (50257 tokens for GPT-2) costs what
+    one token's does."""
+    w, b, d = _named_classes(op, w, b, d)
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     xp = x.clamp(min=0)
     parts = [(xp, wp), (xp, wn)]
@@ -131,6 +136,20 @@ def output_layer(op, x, w, b, d, score, share_of_d=False):
     if share_of_d:  # one of several heads: its share of the score
         s = s * sample_sum(d)
     return magnitude * sdiv(s, sample_sum(magnitude))
+
+
+def _named_classes(op, w, b, d):
+    """The weight rows, bias entries and ``d`` of the output units (classes: a Linear's last
+    dim, a conv's channels) where ``d`` is non-zero for some sample or position."""
+    if op.kind != "linear" and (op.fn not in (F.conv1d, F.conv2d, F.conv3d) or
+                                op.kwargs.get("groups", 1) != 1):
+        return w, b, d  # a grouped or transposed convolution's rows are not its classes
+    dim = -1 if op.kind == "linear" else 1
+    named = d.movedim(dim, 0).reshape(d.shape[dim], -1).ne(0).any(1)
+    if bool(named.all()):
+        return w, b, d
+    rows = named.nonzero().squeeze(1)
+    return w[rows], None if b is None else b[rows], d.index_select(dim, rows)
 
 
 # A Linear layer's W+/|W-| is derived a block of output units at a time, so that a large
