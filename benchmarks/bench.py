@@ -122,14 +122,7 @@ def bench(name, batch, device, warmup, repeats, every_method=False):
     x = torch.randn(batch, 3, size, size, device=device)
     target = torch.arange(batch, device=device) % 1000
     rap = RAP(model)
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def gradient():
-        xi = x.clone().requires_grad_()
-        torch.autograd.grad(model(xi).gather(1, target.view(-1, 1)).sum(), xi)
+    forward, gradient = baselines(model, x, target)
 
     def explain():
         rap.attribute(x, target)
@@ -171,6 +164,19 @@ def bench(name, batch, device, warmup, repeats, every_method=False):
         row["rap_over_captum_lrp"] = row["rap_ms"] / row["captum_lrp_ms"]
     row["rap_memory_over_gradient"] = row["rap_peak_mib"] / max(row["gradient_peak_mib"], 1e-9)
     return row
+
+
+def baselines(model, x, target):
+    """The forward pass and the plain gradient of the target logits w.r.t. the input: what every
+    method is measured against."""
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def gradient():
+        xi = x.clone().requires_grad_()
+        torch.autograd.grad(model(xi).gather(1, target.view(-1, 1)).sum(), xi)
+    return forward, gradient
 
 
 def _captum_lrp(model):

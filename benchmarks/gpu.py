@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import relprop  # noqa: E402
-from bench import _captum_lrp, _zennit_lrp, machine, peak_memory, timed  # noqa: E402
+from bench import (_captum_lrp, _zennit_lrp, baselines, machine, peak_memory,  # noqa: E402
+                   timed)
 from relprop.explainer import exact_float32  # noqa: E402
 
 MODELS = ("resnet50", "vgg16", "inception_v3", "vit_b_16", "swin_t")
@@ -64,15 +65,7 @@ def row(name, batch, precision, device, size, warmup, repeats) -> dict:
     model = build(name, size).to(device, dtype)
     x = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
     target = torch.arange(batch, device=device) % 1000
-
-    def forward():
-        with torch.no_grad():
-            model(x)
-
-    def gradient():
-        xi = x.clone().requires_grad_()
-        torch.autograd.grad(model(xi).gather(1, target.view(-1, 1)).sum(), xi)
-
+    forward, gradient = baselines(model, x, target)
     fns = {"forward": forward, "gradient": gradient}
     refused = {}
     attention = name.startswith(ATTENTION)
