@@ -12,6 +12,26 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+# The longest tests (a minute or more on one thread: training on the spot, full-size float64
+# models) run first, so that under `pytest -n 2` the two workers end together instead of one
+# finishing a long test alone at the end.
+LONG_FIRST = (
+    "tests/test_synthetic.py::test_evaluate_on_a_synthetic_set",
+    "tests/test_synthetic_detection.py::test_evaluate_on_the_detection_set",
+    "tests/test_notebook.py::test_the_notebook_runs_offline",
+    "tests/test_detection.py::test_relevance_sums_to_the_logit_in_float64[ssd300",
+    "tests/test_transformers.py::test_lrp_attn_equals_lxt[vit_b_16]",
+    "tests/test_reference.py::test_float64_agrees_with_the_release_in_float64[vgg16",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):  # the longest first; the rest in their order (the sort is stable)
+        return next((i for i, prefix in enumerate(LONG_FIRST)
+                     if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+    items.sort(key=rank)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "fixtures" / "rap-reference"
 IMAGES = SHARED / "data" / "imagenet-samples"

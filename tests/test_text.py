@@ -289,13 +289,16 @@ def test_methods_and_calls_share_one_capture_of_a_text_model(monkeypatch):
     import gc
 
     from relprop import graph
+    import weakref
     captured = []
     original = graph.capture
-    monkeypatch.setattr(graph, "capture", lambda m, x: captured.append(m) or original(m, x))
+    monkeypatch.setattr(graph, "capture",
+                        lambda m, x: captured.append(weakref.ref(m)) or original(m, x))
     model = build("gpt2").double()
     ids = _ids()
     first = relprop.explain(model, ids, method="rap")
     gc.collect()  # the first wrapper is gone; its graph is read through the next ones
+    assert captured[0]() is None
     for method in ("rap", "lrp-attn", "attnlrp"):
         e = relprop.explain(model, ids, method=method)
         assert torch.isfinite(e.relevance).all()

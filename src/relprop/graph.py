@@ -129,14 +129,17 @@ def traced(model: nn.Module, example: torch.Tensor | None = None) -> Graph:
             try:
                 found = trace(model)
             except UntraceableModel as e:
-                found = e
+                found = str(e)  # the message only: an exception's traceback would hold the
+                # frames, and through them the model, that the weak table must not keep alive
+            if table is not _TRACES and len(table) >= _CAPTURES_PER_MODEL and key not in table:
+                table.pop(next(iter(table)))  # a wrapper's keys (masks) are many: a few kept
             entry = (ModuleTree(owner), versions, found, {})
             table[key] = entry
         found, captures = entry[2], entry[3]
         if isinstance(found, Graph):
             return found
         if example is None:
-            raise found
+            raise UntraceableModel(found)
         key = (tuple(example.shape), example.dtype, example.device)
         graph = captures.get(key)
         if graph is None:

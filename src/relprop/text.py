@@ -331,16 +331,18 @@ class TextExplainer:
         if embeddings is None:
             with torch.no_grad():
                 x = self.model.get_input_embeddings()(ids).detach()
-        elif embeddings.shape[:2] != ids.shape:
-            raise ValueError(f"embeddings have shape {tuple(embeddings.shape)}; input_ids "
-                             f"{tuple(ids.shape)}: give (N, T, D) for the same N and T")
+        elif embeddings.dim() != 3 or embeddings.shape[:2] != ids.shape or \
+                not embeddings.is_floating_point():
+            raise ValueError(f"embeddings are {embeddings.dtype} of shape "
+                             f"{tuple(embeddings.shape)}; input_ids {tuple(ids.shape)}: give "
+                             "floating-point (N, T, D) for the same N and T")
         else:
             x = embeddings
         inner = self._explainer(mask)
         target = self._class_target(target) if self.kind == "classifier" else \
             token_target(target, tokenizer)
         e = inner.explain(x, target, **options)
-        if self.kind == "classifier" and not bool(mask.all()):
+        if self.kind == "classifier" and not bool(mask.all()) and embeddings is None:
             self._check_padding(ids, mask, e.logits)
         relevance = e.relevance * mask[..., None].to(e.relevance.dtype)  # padding: none
         kept = {k: getattr(e, k) for k in ("target", "score", "logits", "method", "inputs")}

@@ -9,7 +9,7 @@ import sys
 
 from tqdm import tqdm
 
-from ..errors import NotApplicable
+from ..errors import UnsupportedOperation, UntraceableModel
 from ..evaluate import synthetic_text, text as measures
 from ..outputs import strict_json, write_json
 from .common import Failure, check_out, choices, writing
@@ -31,12 +31,16 @@ def run(args) -> int:
     chosen = choices(args.methods, methods(), "--methods") if args.methods else \
         list(TEXT_METHODS)
     count = DEFAULT_SENTENCES if args.limit is None else args.limit
-    if count < 1:
-        raise Failure("--limit must be at least 1")
+    steps = synthetic_text.LENGTH if args.steps is None else args.steps
+    for option, value in (("--limit", count), ("--steps", steps), ("--samples", args.samples)):
+        if value < 1:
+            raise Failure(f"{option} must be at least 1")
+    if args.device not in (None, "cpu"):
+        raise Failure(f"--data synthetic:{synthetic_text.NAME} runs on the CPU (its models are "
+                      "tiny): leave out --device")
     out = check_out(args.out)
-    settings = measures.Settings(steps=min(args.steps or synthetic_text.LENGTH,
-                                           synthetic_text.LENGTH),
-                                 samples=args.samples, seed=args.seed)
+    settings = measures.Settings(steps=min(steps, synthetic_text.LENGTH), samples=args.samples,
+                                 seed=args.seed)
     model, accuracy = synthetic_text.trained(arch)
     print(f"relprop: the synthetic text {arch}, held-out accuracy {accuracy:.3f}",
           file=sys.stderr)
@@ -52,8 +56,9 @@ def run(args) -> int:
                 batch = indices[i:i + BATCH]
                 try:
                     rows += measures.measure(model, arch, method, explainer, batch, settings)
-                except NotApplicable as e:
-                    raise Failure(f"--methods: {method} does not explain text: {e}") from None
+                except (ValueError, UnsupportedOperation, UntraceableModel) as e:
+                    raise Failure(f"--methods: {method} does not explain this text model: "
+                                  f"{e}") from None
                 bar.update(len(batch))
     table = measures.summary(rows)
     text = measures.markdown(table, arch, accuracy, settings)
@@ -67,19 +72,19 @@ def run(args) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(strict_json(r) for r in rows)
-        examples(model, arch, chosen, indices[:4], out / "examples.html")
+        examples(model, arch, chosen, indices[:4], out / "examples.html", settings.seed)
     print(text)
     print(f"wrote metrics.md, metrics.json, per_sentence.csv and examples.html to {out}/")
     return 0
 
 
-def examples(model, arch, methods, indices, path) -> None:
+def examples(model, arch, methods, indices, path, seed: int = 0) -> None:
     """examples.html: the first sentences, their deciding words underlined, and every method's
     coloured words."""
     import html
 
     from ..text import TextExplainer
-    sentences = [synthetic_text.sentence(i) for i in indices]
+    sentences = [synthetic_text.sentence(i, seed) for i in indices]
     ids, _ = synthetic_text.encode(sentences, arch)
     tokenizer = synthetic_text.tokenizer()
     parts = ["<!doctype html><meta charset='utf-8'><title>relprop: synthetic text</title>",

@@ -12,9 +12,9 @@ constant [CLS] and [SEP] are left out), explaining the model's own prediction:
   most negative word first) and the MoRF curve, as AttnLRP reports it (higher: the ranking
   separates what the logit needs from what it does not);
 - ``stability``: the Pearson correlation between a sentence's word map and the map of its
-  embeddings plus Gaussian noise of ``sigma`` times their standard deviation (a change no
-  prediction notices), averaged over the noise draws;
-- ``delta``: |Σ R − logit| / max(1, |logit|).
+  embeddings plus Gaussian noise of ``sigma`` times the embedding table's standard deviation (a
+  change no prediction notices), averaged over the noise draws;
+- ``delta``: |Σ R − logit| / max(1, |logit|), relative where the logit exceeds 1.
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def measure(model, arch: str, method: str, explainer, indices: list[int],
                           for r, k in enumerate(count)])
     morf = deletion_curve(model, ids, e.target, top + WORDS_AT.start, settings.steps)
     lerf = deletion_curve(model, ids, e.target, top.flip(1) + WORDS_AT.start, settings.steps)
-    x = e.inputs
-    sigma = settings.sigma * float(x.double().std())
+    x = e.inputs  # noise scaled by the embedding table's spread: the same for every batch
+    sigma = settings.sigma * float(model.get_input_embeddings().weight.double().std())
     noisy = stability(lambda inputs: explainer.explain(ids, e.target, embeddings=inputs)
                       .heatmap[:, WORDS_AT], x, heat, indices, (sigma,), settings.samples,
                       settings.seed)[sigma]
@@ -115,9 +115,10 @@ def markdown(table: dict, arch: str, accuracy: float, settings: Settings) -> str
     count = next(iter(table.values()))["sentences"]
     lines = [f"Synthetic negation task ({task.NAME}): {model} (2 layers, width 64), held-out "
              f"accuracy {accuracy:.3f}; {count} sentences explained in float64; deletion over "
-             f"{settings.steps} words, noise σ = {settings.sigma:g} of the embeddings' std.", "",
+             f"{settings.steps} words, noise σ = {settings.sigma:g} of the embedding table's "
+             "std.", "",
              "| method | on deciding words | top word deciding | top-k deciding | AOPC | ABPC "
-             "| stability | max abs(ΣR − logit) |", "|---|---|---|---|---|---|---|---|"]
+             "| stability | max abs(ΣR − logit) / max(1, abs(logit)) |", "|---|---|---|---|---|---|---|---|"]
     for method, e in table.items():
         lines.append(f"| {method} | {e['on_deciding']:.3f} | {e['top_hit']:.2f} | "
                      f"{e['top_k']:.2f} | {e['aopc']:.3f} | {e['abpc']:.3f} | "

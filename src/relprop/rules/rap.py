@@ -148,6 +148,8 @@ def _named_classes(op, w, b, d):
     named = d.movedim(dim, 0).reshape(d.shape[dim], -1).ne(0).any(1)
     if bool(named.all()):
         return w, b, d
+    if not bool(named.any()):  # a head that explains nothing here (a detector's other level):
+        named[0] = True  # one class keeps the shapes; its d is 0, so its relevance is 0
     rows = named.nonzero().squeeze(1)
     return w[rows], None if b is None else b[rows], d.index_select(dim, rows)
 

@@ -35,7 +35,7 @@ from ..explanation import Explanation, class_scores
 from ..graph import traced
 from ..images import IMAGE_SUFFIXES, UnreadableImage, load_image
 from ..registry import get_method, methods
-from .web import TOP, Refused, web_app
+from .web import TOP, Refused, number, web_app
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # one photo from any camera; more is refused before it is read
 FORM_OVERHEAD_BYTES = 2**20  # the other form fields and multipart headers
@@ -307,16 +307,16 @@ def _answer(e: Explanation, view: Image.Image, class_names, model_name, method, 
         top = probs.topk(min(TOP, len(probs)))
         scores = class_scores(e.logits)[0].float().cpu()
         predictions = [{"index": int(i), "name": class_names[int(i)], "probability": float(p),
-                        "score": _number(scores[int(i)])}
+                        "score": number(scores[int(i)])}
                        for p, i in zip(top.values, top.indices)]
         t = int(e.target[0])
         target = {"index": t, "name": class_names[t]}
     answer = {
         "model": model_name, "method": method, "layer": layer, "sign": sign,
         "predictions": predictions, "target": target,
-        "score": _number(e.score[0]), "relevance_sum": _number(r.sum()),
-        "positive": _number(r.clamp(min=0).sum()), "negative": _number(r.clamp(max=0).sum()),
-        "delta": _number(e.delta[0]), "colour_limit": _number(limit), "map_shape": own_shape,
+        "score": number(e.score[0]), "relevance_sum": number(r.sum()),
+        "positive": number(r.clamp(min=0).sum()), "negative": number(r.clamp(max=0).sum()),
+        "delta": number(e.delta[0]), "colour_limit": number(limit), "map_shape": own_shape,
         "png": {"input": _png(view), "grey": _png(view.convert("L")),
                 "heatmap": _png(plot.heatmap_image(heat, sign=shown)),
                 "overlay": _png(plot.overlay_image(view, heat, alpha=opacity, sign=shown)),
@@ -342,12 +342,6 @@ def overlay_layer(heat, sign: str = "all") -> tuple[Image.Image, float]:
     limit = plot.default_limit(h)
     alpha = (plot.opacity(h, limit) * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(np.dstack([plot.colorize(h, limit), alpha]), "RGBA"), limit
-
-
-def _number(value) -> float | None:
-    """A JSON number; None for NaN or Inf, which JSON cannot hold."""
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def _png(picture: Image.Image) -> str:

@@ -3,9 +3,9 @@ text, see the model's top predictions (the next token, or the classes), click on
 chosen method's coloured tokens side by side. The page runs on the JSON API scripts call
 (``POST /api/explain`` with ``{"text": ..., "method": ..., "target": ...}``).
 
-The explainers are kept per method (they keep the captured model per attention mask), and
-requests run one at a time: a text's explanation takes well under a second on small models, and
-one CPU's threads serve it best whole.
+The explainers are kept per method (they keep the captured model per attention mask).
+Explanations run one at a time in a worker thread, so that the page and the API answer
+meanwhile: a CPU's threads serve one explanation best whole.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import threading
 import torch
 from fastapi import FastAPI, Request
 
-from .. import text as texts
+from starlette.concurrency import run_in_threadpool
+
+from .. import prepare, text as texts
 from ..api import explainer
 from ..errors import UnsupportedOperation, UntraceableModel
-from .web import TOP, Refused, web_app
+from .web import TOP, Refused, number, web_app
 
 MAX_TEXT = 4000  # characters: a page of text; longer is refused before it is tokenised
 
@@ -32,7 +34,9 @@ def create_text_app(model_name: str, model: torch.nn.Module, tokenizer,
         if kind == "classifier" else []
     explainers: dict = {}
     lock = threading.Lock()
-    app = web_app("text.html", 4 * MAX_TEXT + 4096,
+    positions = getattr(model.config, "max_position_embeddings", None) or \
+        getattr(model.config, "n_positions", None)
+    app = web_app("text.html", 12 * MAX_TEXT + 4096,  # JSON may escape a character in 12 bytes
                   f"the request is larger than the limit: texts up to {MAX_TEXT} "
                                "characters")
 
@@ -69,21 +73,32 @@ def create_text_app(model_name: str, model: torch.nn.Module, tokenizer,
         ids = tokenizer(text, return_tensors="pt")["input_ids"].to(device)
         if ids.shape[1] == 0:
             raise Refused("the text has no tokens")
-        with lock:
-            if method not in explainers:
-                explainers[method] = explainer(model, method, tokenizer=tokenizer)
-            try:
+        if positions is not None and ids.shape[1] > positions:
+            raise Refused(f"the text is {ids.shape[1]} tokens; this model reads at most "
+                          f"{positions}", 413)
+        # the explanation runs in a worker thread: the page and other requests are served
+        # meanwhile
+        return await run_in_threadpool(explain_one, ids, method, target)
+
+    def explain_one(ids, method, target) -> dict:
+        try:
+            with lock, prepare.out_of_memory(f"explaining one text on {device}",
+                                             "serve with --device cpu"):
+                if method not in explainers:
+                    explainers[method] = explainer(model, method, tokenizer=tokenizer)
                 e = explainers[method].explain(ids, target)
-            except (ValueError, UnsupportedOperation, UntraceableModel) as error:
-                raise Refused(str(error)) from None
+        except prepare.OutOfMemory as error:
+            raise Refused(error.phrased(""), 503) from None
+        except (ValueError, UnsupportedOperation, UntraceableModel) as error:
+            raise Refused(str(error)) from None
         record = e.records()[0]
         return {"model": model_name, "method": method, "kind": kind,
                 "predictions": _predictions(e.logits[0], kind, labels, tokenizer),
                 "target": {"index": record["target"], "name": record["target_token"]},
-                "score": record["score"], "relevance_sum": float(e.relevance[0].sum()),
-                "delta": record["delta"],
+                "score": number(record["score"]), "relevance_sum": number(e.relevance[0].sum()),
+                "delta": number(record["delta"]),
                 "tokens": [{"token": t["token"], "shown": texts.shown(t["token"]),
-                            "id": t["id"], "relevance": t["relevance"]}
+                            "id": t["id"], "relevance": number(t["relevance"])}
                            for t in record["tokens"]],
                 "html": e.html()}
 
@@ -100,6 +115,6 @@ def _predictions(logits: torch.Tensor, kind: str, labels: list[str], tokenizer) 
             name = labels[i] if i < len(labels) else str(i)
         else:
             name = texts.shown(tokenizer.convert_ids_to_tokens(i) or f"#{i}")
-        found.append({"index": i, "name": name, "probability": p,
-                      "score": float(logits[i])})
+        found.append({"index": i, "name": name, "probability": number(p),
+                      "score": number(logits[i])})
     return found

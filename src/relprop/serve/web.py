@@ -2,6 +2,7 @@
 request-size limit, the error handlers, the static files."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -11,6 +12,12 @@ from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).with_name("static")
 TOP = 5  # predictions shown
+
+
+def number(value) -> float | None:
+    """A JSON number; None for NaN or Inf, which JSON cannot hold."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def web_app(page: str, limit: int, refusal: str) -> FastAPI:
