@@ -20,7 +20,6 @@ LONG_FIRST = (
     "tests/test_synthetic_detection.py::test_evaluate_on_the_detection_set",
     "tests/test_notebook.py::test_the_notebook_runs_offline",
     "tests/test_detection.py::test_relevance_sums_to_the_logit_in_float64[ssd300",
-    "tests/test_transformers.py::test_lrp_attn_equals_lxt[vit_b_16]",
     "tests/test_reference.py::test_float64_agrees_with_the_release_in_float64[vgg16",
 )
 

@@ -17,17 +17,16 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def test_the_gpu_benchmark_runs_its_cpu_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import gpu
-    gpu.main(["--device", "cpu", "--models", "resnet18", "vit_b_16", "--batches", "1",
+    gpu.main(["--device", "cpu", "--models", "resnet18", "--batches", "1",
               "--precisions", "fp32", "bf16", "--size", "32", "--warmup", "0", "--repeats", "1",
               "--out", str(tmp_path)])
     found = json.loads((tmp_path / "gpu-cpu.json").read_text())
     rows = {(r["model"], r["precision"]): r for r in found["rows"]}
-    assert set(rows) == {("resnet18", "fp32"), ("resnet18", "bf16"), ("vit_b_16", "fp32"),
-                         ("vit_b_16", "bf16")}
+    assert set(rows) == {("resnet18", "fp32"), ("resnet18", "bf16")}
     for r in found["rows"]:
         assert r["ms"]["gradient"] > 0 and r["ms"]["forward"] > 0
     assert {"rap", "rap-stable", "lrp-epsilon-plus"} <= set(rows["resnet18", "fp32"]["ms"])
-    assert "lrp-attn" in rows["vit_b_16", "fp32"]["ms"]
+    assert "lrp-attn" not in rows["resnet18", "fp32"]["ms"]  # no attention to explain
     # residual networks' RAP is not tested in bfloat16: refused, with relprop's reason
     assert "rap" in rows["resnet18", "bf16"]["refused"]
     assert "rap" not in rows["resnet18", "bf16"]["ms"]

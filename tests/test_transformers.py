@@ -164,7 +164,9 @@ def lxt_environment() -> dict:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
-@pytest.mark.parametrize("spec", ["small", "vit_b_16"])
+# A small ViT of torchvision's own class proves the rules agree; vit_b_16 (measured 4e-14, 35 s
+# of CI) is the same classes at full size: `python -m tests.lxt_reference vit_b_16 SEED OUT`
+@pytest.mark.parametrize("spec", ["small"])
 def test_lrp_attn_equals_lxt(spec, tmp_path):
     """lrp-attn = LXT 2.1's input relevance after monkey_patch(torchvision's ViT), random
     weights, float64, to 1e-6·max|LXT| per image. LXT patches torch classes globally, so it runs
