@@ -138,17 +138,8 @@ def bench(name, batch, device, warmup, repeats, every_method=False):
                 print(f"{name}: {method} refused: {e}", flush=True)
                 continue
             fns[f"explain:{method}"] = call
-    lrp = _captum_lrp(model)
-    if lrp is not None:  # the peer: Captum's LRP, on its own copy of the model (it sets rules)
-        def captum_lrp():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                lrp.attribute(x.clone().requires_grad_(), target=target)
-        fns["captum_lrp"] = captum_lrp
-    zennit = _zennit_lrp(name, model)
-    if zennit is not None:  # the other peer: Zennit's LRP (EpsilonPlusFlat with its canonizer)
-        attributor, onehot = zennit.__enter__(), torch.eye(1000, device=device)[target]
-        fns["zennit_lrp"] = lambda: attributor(x, onehot)
+    peer_fns, close_peers = peers(name, model, x, target, device)
+    fns.update(peer_fns)
     for label, seconds in timed(fns, device, warmup, repeats).items():
         row[f"{label}_ms"] = 1000 * seconds / batch
         row[f"{label}_alloc_peak_mib"] = peak_memory(fns[label], device) / 2 ** 20
@@ -157,8 +148,7 @@ def bench(name, batch, device, warmup, repeats, every_method=False):
     derive = _weight_derivation(rap, device)
     row["rap_weight_derivation_ms"] = 1000 * timed({"derive": derive}, device, warmup,
                                                    repeats)["derive"] / batch
-    if zennit is not None:
-        zennit.__exit__(None, None, None)
+    close_peers()
     row["rap_over_gradient"] = row["rap_ms"] / row["gradient_ms"]
     if "captum_lrp_ms" in row:
         row["rap_over_captum_lrp"] = row["rap_ms"] / row["captum_lrp_ms"]
@@ -177,6 +167,24 @@ def baselines(model, x, target):
         xi = x.clone().requires_grad_()
         torch.autograd.grad(model(xi).gather(1, target.view(-1, 1)).sum(), xi)
     return forward, gradient
+
+
+def peers(name, model, x, target, device):
+    """``({label: call}, close)``: Captum's LRP on its own copy of the model (it sets rules on
+    it) and Zennit's (EpsilonPlusFlat with the model's canonizer), each where installed;
+    ``close()`` takes Zennit's rules off its copy again."""
+    fns, zennit = {}, _zennit_lrp(name, model)
+    lrp = _captum_lrp(model)
+    if lrp is not None:
+        def captum_lrp():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lrp.attribute(x.clone().requires_grad_(), target=target)
+        fns["captum_lrp"] = captum_lrp
+    if zennit is not None:
+        attributor, onehot = zennit.__enter__(), torch.eye(1000, device=device)[target]
+        fns["zennit_lrp"] = lambda: attributor(x, onehot)
+    return fns, lambda: zennit is not None and zennit.__exit__(None, None, None)
 
 
 def _captum_lrp(model):

@@ -28,7 +28,6 @@ import argparse
 import functools
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -38,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import relprop  # noqa: E402
-from bench import (_captum_lrp, _zennit_lrp, baselines, machine, peak_memory,  # noqa: E402
-                   timed)
+from bench import baselines, machine, peak_memory, peers, timed  # noqa: E402
 from relprop.explainer import exact_float32  # noqa: E402
 
 MODELS = ("resnet50", "vgg16", "inception_v3", "vit_b_16", "swin_t")
@@ -79,23 +77,17 @@ def row(name, batch, precision, device, size, warmup, repeats) -> dict:
             refused[method] = str(e).split(". ")[0]
             continue
         fns[method] = call
+    close_peers = None
     if not attention and precision != "bf16":
-        lrp = _captum_lrp(model)
-        if lrp is not None:
-            def captum_lrp():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    lrp.attribute(x.clone().requires_grad_(), target=target)
-            fns["captum_lrp"] = captum_lrp
-        zennit = _zennit_lrp(name, model)
-        if zennit is not None:
-            attributor = zennit.__enter__()
-            onehot = torch.eye(1000, device=device)[target]
-            fns["zennit_lrp"] = lambda: attributor(x, onehot)
+        peer_fns, close_peers = peers(name, model, x, target, device)
+        fns.update(peer_fns)
     times = timed(fns, device, warmup, repeats)
+    peaks = {k: peak_memory(fn, device) / 2 ** 20 for k, fn in fns.items()}
+    if close_peers is not None:
+        close_peers()
     found = {"model": name, "batch": batch, "precision": precision, "input": side,
              "ms": {k: 1000 * v / batch for k, v in times.items()},
-             "peak_mib": {k: peak_memory(fn, device) / 2 ** 20 for k, fn in fns.items()},
+             "peak_mib": peaks,
              "refused": refused}
     if name == "vit_b_16" and precision != "bf16" and size is None:
         found["lxt_pending"] = True  # timed at the end: LXT patches torchvision globally
