@@ -53,6 +53,11 @@ def is_text_model(model: nn.Module) -> bool:
     return text_kind(model) is not None
 
 
+def mask_key(mask: torch.Tensor) -> tuple:
+    """An attention mask as a dict key: its shape, device and values."""
+    return tuple(mask.shape), str(mask.device), mask.cpu().numpy().tobytes()
+
+
 class OnEmbeddings(nn.Module):
     """The language model as a function of its input embeddings, for one attention mask: a
     causal LM's next-token logits at each sequence's last real position, (N, V); a
@@ -78,9 +83,7 @@ class OnEmbeddings(nn.Module):
         """What this function's graph depends on besides the model (:func:`relprop.graph.traced`
         keeps one capture per model and key, shared by every wrapper): the mask, whether every
         position's logits are given."""
-        mask = self.attention_mask
-        return self.model, (tuple(mask.shape), str(mask.device), mask.cpu().numpy().tobytes(),
-                            self.every_position)
+        return self.model, (mask_key(self.attention_mask), self.every_position)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs_embeds=embeddings, attention_mask=self.attention_mask,
@@ -462,7 +465,7 @@ class TextExplainer:
         return input_ids
 
     def _explainer(self, mask: torch.Tensor):
-        key = (tuple(mask.shape), mask.device, mask.cpu().numpy().tobytes())
+        key = mask_key(mask)
         if key not in self._explainers:
             if len(self._explainers) >= 8:  # a few masks kept: a loop over padded batches
                 self._explainers.pop(next(iter(self._explainers)))

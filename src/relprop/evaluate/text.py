@@ -62,9 +62,9 @@ def measure(model, arch: str, method: str, explainer, indices: list[int],
     noisy = stability(lambda inputs: explainer.explain(ids, e.target, embeddings=inputs)
                       .heatmap[:, WORDS_AT], x, heat, indices, (sigma,), settings.samples,
                       settings.seed)[sigma]
+    predicted = [_predicted(int(t), arch) for t in e.target]
     return [{"sentence": index, "method": method, "text": " ".join(s.words), "label": s.label,
-             "predicted": _predicted(int(e.target[r]), arch), "correct":
-             _predicted(int(e.target[r]), arch) == s.label,
+             "predicted": predicted[r], "correct": predicted[r] == s.label,
              "deciding": " ".join(s.words[d] for d in s.deciding),
              "on_deciding": float(found["mass_inside"][r]), "top_hit": float(found["pointing"][r]),
              "top_k": float(top_k[r]), "aopc": float((morf[r, :1] - morf[r]).mean()),
