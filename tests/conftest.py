@@ -11,6 +11,10 @@ import torch
 # (the suite passes with OMP_NUM_THREADS=1 and 2).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    # ... and so does every process a test starts (the notebook's kernel, the CLI, torchrun):
+    # a third OpenMP pool on two busy cores spins waiting for its threads, and the notebook's
+    # small training loop took 380 s under `pytest -n 2` instead of 26 s alone.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # The longest tests (a minute or more on one thread: training on the spot, full-size float64
 # models) run first, so that under `pytest -n 2` the two workers end together instead of one
