@@ -287,6 +287,36 @@ def test_register_rule_adds_a_new_kind():
         explain(half, x(1, s=8, dtype=torch.bfloat16))
 
 
+def test_a_rule_can_compute_its_ops_forward_and_keep_a_by_product():
+    """``register_rule(..., forward=)``: the rule's own forward replaces the op in the forward
+    pass, its output is what the layers above read, and what it kept reaches the rule (and no
+    other op's rule) in the sweep."""
+    class Halve(nn.Module):
+        def forward(self, x):
+            return x / 2
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Halve(), nn.Linear(4, 2)).double().eval()
+    kept, seen = [], []
+
+    def halve_forward(op, args, kwargs, note):
+        out = args[0] / 2
+        kept.append(out * 2)
+        return out, kept[-1]
+
+    @relprop.register_rule("halve", method="rap", forward=halve_forward)
+    def halve_rule(op, relevance, run):
+        seen.append(run.by_product(op))
+        return (relevance,)
+
+    relprop.register_op(Halve, kind="halve", sign="same")
+    inputs = torch.rand(2, 3, dtype=torch.float64)
+    e = explain(net, inputs, 1, method="rap")
+    assert len(kept) == 1 and seen == kept[:1]
+    assert torch.equal(kept[0], net[1](net[0](inputs)))  # it read the op's real input
+    assert torch.allclose(e.score, net(inputs)[:, 1])  # the layer above read its output
+    assert torch.allclose(e.relevance.sum(1), e.score)
+
+
 def test_mlp_inputs_need_a_batch_dimension():
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     with pytest.raises(ValueError, match="at least two dimensions"):

@@ -170,6 +170,18 @@ def test_hidden_conv_matches_independent_formula(cfg, signed):
     expected = _reference_hidden(lin, x, w, r, linear=False)
     assert torch.allclose(ours, expected, atol=1e-12, rtol=1e-9)
     assert torch.allclose(ours.sum((1, 2, 3)), r.sum((1, 2, 3)))
+    b = torch.randn(cfg["cout"], generator=g, dtype=D)
+    assert torch.allclose(_through_rap_forward(op, x, w, b, r, F.conv2d(x, w, b, **kw)),
+                          expected, atol=1e-12, rtol=1e-9)
+
+
+def _through_rap_forward(op, x, w, b, r, output):
+    """``hidden_layer`` on what RAP's own forward of the layer kept (for a non-negative input:
+    Lin(x, [W+; |W-|]), whose difference plus ``b`` must be the layer's ``output``)."""
+    out, kept = rap.layer_forward(op, (x, w, b), op.kwargs, {"role": "hidden"})
+    assert (kept is None) == (not op.input_nonneg)
+    assert torch.allclose(out, output, atol=1e-12, rtol=1e-12)
+    return rap.hidden_layer(op, x, w, r, kept)
 
 
 @pytest.mark.parametrize("block_bytes", [None, 3 * 2 * 10 * 8], ids=["whole", "blocks-of-3"])
@@ -182,9 +194,16 @@ def test_hidden_linear_matches_independent_formula(signed, block_bytes, monkeypa
     x = x if signed else x.relu()
     w = torch.randn(7, 10, generator=g, dtype=D)
     r = torch.randn(3, 7, generator=g, dtype=D)
-    op = make_op("linear", input_nonneg=not signed)
+    op = make_op("linear", F.linear, input_nonneg=not signed)
     ours = rap.hidden_layer(op, x, w, r)
-    assert torch.allclose(ours, _reference_hidden(F.linear, x, w, r, linear=True), atol=1e-12)
+    expected = _reference_hidden(F.linear, x, w, r, linear=True)
+    assert torch.allclose(ours, expected, atol=1e-12)
+    b = torch.randn(7, generator=g, dtype=D)
+    if block_bytes is None:  # a blocked layer's forward runs as it is: nothing kept
+        assert torch.allclose(_through_rap_forward(op, x, w, b, r, F.linear(x, w, b)),
+                              expected, atol=1e-12)
+    else:
+        assert rap.layer_forward(op, (x, w, b), {}, {"role": "hidden"})[1] is None
 
 
 # --------------------------------------------------------------------------- matrix forms

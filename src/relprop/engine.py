@@ -40,6 +40,8 @@ class Plan:
                     keep(name, i)
             if rule.needs_output:
                 keep(op.name, i)
+            if rule.forward is not None:
+                keep(by_product_key(op.name), i)
         keep(graph.output, len(ops))
         self.kept = set(keep_until)
         last_use: dict[str, int] = {}
@@ -53,11 +55,24 @@ class Plan:
         self.free_backward: list[list[str]] = [[] for _ in range(len(ops) + 1)]
         for name, i in keep_until.items():
             self.free_backward[i].append(name)
+        self.forwards = {op.name: _own_forward(self.rules[op.name].forward,
+                                               self.notes.get(op.name, {}))
+                         for op in ops if op.name in self.rules and self.rules[op.name].forward}
 
     def untested_in(self, dtype: torch.dtype) -> list[Op]:
         """The ops whose rule is not tested in ``dtype``."""
         return [op for op in self.graph.ops
                 if op.name in self.rules and dtype not in self.rules[op.name].dtypes]
+
+
+def by_product_key(name: str) -> str:
+    """Where the forward pass keeps what a rule's own forward computed beside op ``name``'s
+    output (no graph node has a '/' in its name)."""
+    return name + "/by-product"
+
+
+def _own_forward(fn, note: dict):
+    return lambda op, args, kwargs: fn(op, args, kwargs, note)
 
 
 _PLAN_LOCK = threading.Lock()
@@ -103,12 +118,16 @@ class Run:
     def output(self, op: Op) -> torch.Tensor:
         return self.env[op.name]
 
+    def by_product(self, op: Op):
+        """What the rule's own forward kept beside the op's output (None if nothing)."""
+        return self.env.get(by_product_key(op.name))
+
     def shape(self, name: str) -> torch.Size:
         return self.shapes[name]
 
 
 def forward(plan: Plan, x: torch.Tensor) -> Forward:
-    return _execute(plan.graph, x, plan.free_forward)
+    return _execute(plan.graph, x, plan.free_forward, plan.forwards)
 
 
 def values(graph: Graph, x: torch.Tensor, keep) -> Forward:
@@ -125,12 +144,22 @@ def values(graph: Graph, x: torch.Tensor, keep) -> Forward:
     return _execute(graph, x, free)
 
 
-def _execute(graph: Graph, x: torch.Tensor, free: list[list[str]]) -> Forward:
+def _execute(graph: Graph, x: torch.Tensor, free: list[list[str]],
+             forwards: dict | None = None) -> Forward:
+    """Run the graph on ``x``; an op in ``forwards`` is computed by its rule's own forward,
+    which also hands back a by-product to keep."""
     env = {graph.input: x}
     shapes = {graph.input: x.shape}
+    forwards = forwards or {}
     for i, op in enumerate(graph.ops):
         try:
-            value = op.fn(*resolve(op.args, env), **resolve(op.kwargs, env))
+            own = forwards.get(op.name)
+            if own is None:
+                value = op.fn(*resolve(op.args, env), **resolve(op.kwargs, env))
+            else:
+                value, extra = own(op, resolve(op.args, env), resolve(op.kwargs, env))
+                if extra is not None:
+                    env[by_product_key(op.name)] = extra
         except Exception as e:
             raise ForwardError(op, e) from e
         env[op.name] = value

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperation
 from ..analysis import after_output_layers, output_layers as find_output_layers
-from ..ir import Ref, resolve
+from ..ir import Ref, ref_names, resolve
 from ..ops import SIGNED_RESAMPLING, pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, input_vjp, is_linear_pool, is_max_pool, matmul as common_matmul
@@ -84,8 +84,29 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return c.sub_(delta).masked_fill_(zero, 0)
 
 
-@register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
-@register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16)
+def layer_forward(op, args, kwargs, note):
+    """A hidden layer's forward computed as ``Lin(x, W+) - Lin(x, |W-|) + b`` for a non-negative
+    input, keeping the two maps: the sweep needs exactly them (§3's Za and Zb), so it does not
+    compute them again. The output equals the layer's up to rounding of the same order as the
+    layer's own (both sum the same products). Elsewhere (a signed input, other roles, a half
+    type, whose one rounding of Za and of Zb would not be the layer's, a Linear layer
+    propagated in blocks) the op runs as it is."""
+    x, w, b = args
+    if (note.get("role", "hidden") != "hidden" or not op.input_nonneg or ref_names(op.kwargs)
+            or x.dtype not in (torch.float32, torch.float64) or _blocked(op, w)):
+        return op.fn(*args, **kwargs), None
+    z = lin(op, x, sign_pair(op, w))
+    za, zb = split_pair(op, z)
+    out = za - zb
+    if b is not None:
+        out += b if op.kind == "linear" else b.view(-1, *([1] * (out.dim() - 2)))
+    return out, z
+
+
+@register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16,
+               forward=layer_forward)
+@register_rule("conv", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16,
+               forward=layer_forward)
 def layer(op, relevance, run):
     x, w, b = run.args(op)
     note = run.note(op)
@@ -94,7 +115,7 @@ def layer(op, relevance, run):
         return (output_layer(op, x, w, b, relevance, run.score, note.get("heads", 1) > 1),)
     if role == "input":
         return (input_layer(op, x, w, relevance, resolve(note.get("input_pad"), run.env)),)
-    return (hidden_layer(op, x, w, relevance),)
+    return (hidden_layer(op, x, w, relevance, run.by_product(op)),)
 
 
 def output_layer(op, x, w, b, d, score, share_of_d=False):
@@ -159,9 +180,10 @@ def _named_classes(op, w, b, d):
 BLOCK_BYTES = 32 * 2 ** 20
 
 
-def hidden_layer(op, x, w, relevance):
+def hidden_layer(op, x, w, relevance, kept=None):
     """§3 for a non-negative input; §7.2 for a signed one: split R between the x+ and x- groups
-    by contribution magnitude, propagate and shift each group to its own share.
+    by contribution magnitude, propagate and shift each group to its own share. ``kept``: the
+    stacked ``Lin(x, [W+; |W-|])`` of a non-negative input, where the forward pass kept it.
 
     Everything before the shift is separate per output unit, so a Linear layer is propagated in
     blocks of output units, each with its own slice of W+/|W-|."""
@@ -170,7 +192,7 @@ def hidden_layer(op, x, w, relevance):
     for units in _unit_blocks(op, w):
         pair = sign_pair(op, w[units])
         r = relevance[..., units]
-        z = [lin(op, u, pair) for u in signs]
+        z = [kept] if kept is not None else [lin(op, u, pair) for u in signs]
         shares = [r] if len(signs) == 1 else split_by_sign(r, sum(split_pair(op, z[0])),
                                                             sum(split_pair(op, z[1])))
         for i, (u, zi, ri) in enumerate(zip(signs, z, shares)):
@@ -187,13 +209,17 @@ def split_by_sign(r, magnitude_pos, magnitude_neg):
     return [torch.where(m == 0, r, r * sdiv(magnitude_pos, m)), r * sdiv(magnitude_neg, m)]
 
 
+def _blocked(op, w) -> bool:
+    """Whether a layer's W+/|W-| is too large to derive at once (a Linear layer only)."""
+    return op.kind == "linear" and 2 * w.numel() * w.element_size() > BLOCK_BYTES
+
+
 def _unit_blocks(op, w):
     """Slices of output units: all of them at once, or blocks for a large Linear weight."""
-    per_unit = 2 * w[0].numel() * w.element_size()
-    if op.kind != "linear" or per_unit * len(w) <= BLOCK_BYTES:
+    if not _blocked(op, w):
         yield slice(None)
         return
-    step = max(1, BLOCK_BYTES // per_unit)
+    step = max(1, BLOCK_BYTES // (2 * w[0].numel() * w.element_size()))
     for start in range(0, len(w), step):
         yield slice(start, start + step)
 
@@ -213,10 +239,12 @@ def _quotients(op, z, relevance):
         sdiv(relevance, za, out=sa)
     else:  # R+ along Za, R- along Zb
         sdiv(relevance.clamp(min=0), za, out=sa)
-    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
-    sdiv(relevance, za + zb, out=sb).masked_fill_(zb == 0, 0)
+    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0: where Zb != 0 nothing below divides by 0,
+    # and where Zb == 0 the one mask sets Sb to 0 (the safe division's value), inf and NaN alike.
+    torch.div(relevance, torch.add(za, zb, out=sb), out=sb)
     if op.kind != "linear":
-        sb.add_(sdiv(relevance.clamp(max=0), zb))
+        sb.add_(relevance.clamp(max=0).div_(zb))
+    sb.masked_fill_(zb == 0, 0)
     return pair_join(op, s, sa, sb)
 
 

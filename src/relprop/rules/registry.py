@@ -42,6 +42,7 @@ class Rule:
     needs_inputs: bool  # the forward pass must keep the op's tensor inputs
     needs_output: bool  # ... and its output
     dtypes: frozenset = FULL  # the floating-point types the rule is tested in
+    forward: Callable | None = None  # computes the op's forward itself, keeping a by-product
 
 
 _RULES: dict[str, dict[str, Rule]] = {}
@@ -72,16 +73,22 @@ def _lineage(method: str) -> list[str]:
 
 def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
                   needs_inputs: bool = True, needs_output: bool = False,
-                  dtypes=FULL):
+                  dtypes=FULL, forward: Callable | None = None):
     """Register ``fn`` as the rule for ops of ``kind`` under ``method`` (usable as decorator).
 
     Say what the rule reads, so that the forward pass keeps only that: ``needs_inputs`` for the
     op's input tensors, ``needs_output`` for its output; and in which floating-point ``dtypes``
     its results are tested (float32 and float64 unless a test shows more).
+
+    ``forward(op, args, kwargs, note) -> (output, by_product)``, if given, computes the op's
+    output in the forward pass in place of the op, where a rule would otherwise compute part of
+    it again in the sweep (RAP's ``Lin(x, W+)`` and ``Lin(x, |W-|)``, whose difference is the
+    layer's output); the rule reads ``by_product`` as ``run.by_product(op)`` (None where the
+    forward kept none). ``note`` is the method's analysis of the op.
     """
     def deco(f):
         _RULES.setdefault(method, {})[kind] = Rule(f, needs_inputs, needs_output,
-                                                   frozenset(dtypes))
+                                                   frozenset(dtypes), forward)
         _VERSION[0] += 1
         return f
     return deco(fn) if fn is not None else deco
