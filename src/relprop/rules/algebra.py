@@ -30,6 +30,16 @@ def sdiv(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> t
     return torch.div(a, b, out=out).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def lost_where_zero(relevance: torch.Tensor, denominator: torch.Tensor):
+    """The relevance that arrives where ``denominator`` is 0 (which the z-rule would drop), or
+    None where there is none: the usual case, found from the mask alone, without the product."""
+    zero = denominator == 0
+    if not zero.any():
+        return None
+    lost = relevance * zero
+    return lost if lost.any() else None
+
+
 def sample_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over all but the batch dimension, kept broadcastable against ``t``."""
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..ir import ModuleCall, resolve
 from .registry import WITH_BFLOAT16, register_rule
-from .algebra import sdiv
+from .algebra import lost_where_zero, sdiv
 
 
 def fit(r: torch.Tensor, shape) -> torch.Tensor:
@@ -114,8 +114,8 @@ def flat_where_zero(op, operands, relevance, denominator, share_of):
     relevance arrives (both operands 0: two ReLU zeros, which a LayerNorm behind the sum can
     still hand relevance), an equal share to each operand (§7.3's flat rule), so that the sum
     conserves: the z-rule would drop it there."""
-    lost = relevance * (denominator == 0)
-    if not lost.any():
+    lost = lost_where_zero(relevance, denominator)
+    if lost is None:
         return operand_shares(op, operands, share_of)
     flat = lost / len(operands)
     return operand_shares(op, operands, lambda value: share_of(value) + flat)
