@@ -240,12 +240,10 @@ def _quotients(op, z, relevance):
         sdiv(relevance, za, out=sa)
     else:  # R+ along Za, R- along Zb
         sdiv(relevance.clamp(min=0), za, out=sa)
-    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0: where Zb != 0 nothing below divides by 0,
-    # and where Zb == 0 the one mask sets Sb to 0 (the safe division's value), inf and NaN alike.
-    torch.div(relevance, torch.add(za, zb, out=sb), out=sb)
+    # Za, Zb >= 0, so Zb != 0 implies Za + Zb != 0.
+    sdiv(relevance, za + zb, out=sb).masked_fill_(zb == 0, 0)
     if op.kind != "linear":
-        sb.add_(relevance.clamp(max=0).div_(zb))
-    sb.masked_fill_(zb == 0, 0)
+        sb.add_(sdiv(relevance.clamp(max=0), zb))
     return pair_join(op, s, sa, sb)
 
 
