@@ -55,7 +55,11 @@ def test_every_method_on_every_family(name, method):
     e = relprop.explain(model, x, target=[1, 2], method=method)
     assert e.relevance.shape == x.shape and torch.isfinite(e.relevance).all()
     assert e.method == method and e.target.tolist() == [1, 2]
-    assert torch.allclose(e.score, model(x)[:, [1, 2]].diagonal())
+    # RAP computes its hidden layers' outputs from its two maps (Lin(x, W+) - Lin(x, |W-|) + b),
+    # whose difference cancels: its logits are the model's to 1e-5 of their size (measured 1e-5
+    # on this ResNet-50 with one thread; the model's own float32 error is 1e-6)
+    rtol = 1e-4 if method in ("rap", "rap-stable") else 1e-5
+    assert torch.allclose(e.score, model(x)[:, [1, 2]].diagonal(), rtol=rtol)
     if method != "grad-cam":  # a ReLU'd CAM of random weights may be 0 everywhere
         assert e.relevance.abs().sum() > 0
     assert torch.equal(x, before) and not x.requires_grad

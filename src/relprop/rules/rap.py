@@ -88,10 +88,12 @@ def shift(c: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 def layer_forward(op, args, kwargs, note):
     """A hidden layer's forward computed as ``Lin(x, W+) - Lin(x, |W-|) + b`` for a non-negative
     input, keeping the two maps: the sweep needs exactly them (§3's Za and Zb), so it does not
-    compute them again. The output equals the layer's up to rounding of the same order as the
-    layer's own (both sum the same products). Elsewhere (a signed input, other roles, a half
-    type, whose one rounding of Za and of Zb would not be the layer's, a Linear layer
-    propagated in blocks) the op runs as it is."""
+    compute them again. The output equals the layer's up to rounding, a few times the layer's
+    own: Za and Zb are each exact to rounding, but their difference cancels (float32, measured
+    2-8x the plain convolution's error per layer, 1e-5 of the logits of a random ResNet-50
+    against the model's own 1e-6). Elsewhere (a signed input, other roles, a half type, where
+    that difference would lose the output, a Linear layer propagated in blocks) the op runs as
+    it is."""
     x, w, b = args
     if (note.get("role", "hidden") != "hidden" or not op.input_nonneg or ref_names(op.kwargs)
             or x.dtype not in (torch.float32, torch.float64) or _blocked(op, w)):
