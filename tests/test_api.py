@@ -295,26 +295,43 @@ def test_a_rule_can_compute_its_ops_forward_and_keep_a_by_product():
         def forward(self, x):
             return x / 2
 
-    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Halve(), nn.Linear(4, 2)).double().eval()
-    kept, seen = [], []
+    import gc
+    import weakref
+
+    class Mark(nn.Module):  # an op below Halve: its rule runs after Halve's in the sweep
+        def forward(self, x):
+            return x * 1
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Mark(), Halve(), nn.Linear(4, 2))
+    net = net.double().eval()
+    kept, seen, freed = [], [], []
 
     def halve_forward(op, args, kwargs, note):
         out = args[0] / 2
-        kept.append(out * 2)
-        return out, kept[-1]
+        by_product = out * 2
+        kept.append((weakref.ref(by_product), by_product.clone()))
+        return out, by_product
 
     @relprop.register_rule("halve", method="rap", forward=halve_forward)
     def halve_rule(op, relevance, run):
-        seen.append(run.by_product(op))
+        seen.append(run.by_product(op) is kept[-1][0]())
+        return (relevance,)
+
+    @relprop.register_rule("mark", method="rap", needs_inputs=False)
+    def mark_rule(op, relevance, run):
+        gc.collect()
+        freed.append(kept[-1][0]() is None)
         return (relevance,)
 
     relprop.register_op(Halve, kind="halve", sign="same")
+    relprop.register_op(Mark, kind="mark", sign="same")
     inputs = torch.rand(2, 3, dtype=torch.float64)
     e = explain(net, inputs, 1, method="rap")
-    assert len(kept) == 1 and seen == kept[:1]
-    assert torch.equal(kept[0], net[1](net[0](inputs)))  # it read the op's real input
+    assert len(kept) == 1 and seen == [True]
+    assert torch.equal(kept[0][1], net[1](net[0](inputs)))  # it read the op's real input
     assert torch.allclose(e.score, net(inputs)[:, 1])  # the layer above read its output
     assert torch.allclose(e.relevance.sum(1), e.score)
+    assert freed == [True]  # the sweep let go of the by-product once Halve's rule had run
 
 
 def test_mlp_inputs_need_a_batch_dimension():
