@@ -2,7 +2,8 @@
 
 The engine knows graphs, not rules: it asks the rule registry what each op's rule reads, keeps
 exactly those tensors, frees each one as soon as the sweep has passed its last reader, and sums
-the relevance of a tensor used by several ops.
+the relevance of a tensor used by several ops. Where a rule computes its op's forward itself
+(to keep a by-product its sweep reads), the engine calls that in place of the op.
 """
 from __future__ import annotations
 
