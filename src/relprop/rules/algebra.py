@@ -52,6 +52,17 @@ def lin(op, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return op.fn(x, w, None, **op.kwargs)  # F.conv1d, F.conv2d or F.conv3d
 
 
+def unit_view(op, t: torch.Tensor, dims: int) -> torch.Tensor:
+    """A vector over a layer's output units (a bias), shaped to broadcast against a tensor of
+    ``dims`` dims laid out as the layer's output: the last dim of a Linear's, dim 1 of a conv's."""
+    return t if op.kind == "linear" else t.view(-1, *([1] * (dims - 2)))
+
+
+def with_bias(op, z: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``z`` plus the layer's bias ``b`` (None: ``z`` itself)."""
+    return z if b is None else z + unit_view(op, b, z.dim())
+
+
 def lin_t(op, s: torch.Tensor, w: torch.Tensor, x_shape) -> torch.Tensor:
     """The transpose of ``lin`` applied to ``s`` (the gradient of ``lin`` at any input)."""
     if op.kind == "linear":

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from ..ir import ModuleCall
 from .registry import derive, register_analysis, register_rule
-from .algebra import lin, lin_t, sdiv
+from .algebra import lin, lin_t, sdiv, with_bias
 from .common import fit, operand_shares, uniform_shares
-from .lrp import batchnorm_folds, merged, with_bias
+from .lrp import batchnorm_folds, merged
 
 METHOD = "lrp-attn"
 IDENTITY_EPSILON = 1e-10  # LXT's identity rule divides the output by (input + 1e-10)

@@ -21,7 +21,7 @@ from ..ir import resolve
 from ..registry import Option
 from .registry import register_analysis, register_rule
 from .common import input_vjp, is_max_pool, operand_shares
-from .algebra import lin, lin_t, stabilize
+from .algebra import lin, lin_t, stabilize, with_bias
 
 EPSILON = Option("epsilon", 1e-6, "ε of the ε-rule")
 STABILIZER = Option("stabilizer", 1e-6, "added to every other denominator")
@@ -100,12 +100,6 @@ def layer(op, relevance, run):
         w, b = merged(op, w, b, note["batchnorm"], run)
     options = run.options
     return (LAYER_RULES[note["rule"]](op, x, w, b, relevance, options),)
-
-
-def with_bias(op, z, b):
-    if b is None:
-        return z
-    return z + (b if op.kind == "linear" else b.view(-1, *([1] * (z.dim() - 2))))
 
 
 def epsilon_rule(op, x, w, b, r, options):

@@ -18,7 +18,7 @@ from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, input_vjp, is_linear_pool, is_max_pool, matmul as common_matmul
 from .common import flat_where_zero, movement as route, pool as route_pool, weight_and_signal
 from .algebra import lin, lin_t, lost_where_zero, pair_join, pair_views, sample_sum, sdiv
-from .algebra import sign_pair, split_pair
+from .algebra import sign_pair, split_pair, unit_view, with_bias
 
 
 derive("rap-stable", "rap")  # §7.5: RAP with its own rule at additions
@@ -100,10 +100,7 @@ def layer_forward(op, args, kwargs, note):
         return op.fn(*args, **kwargs), None
     z = lin(op, x, sign_pair(op, w))
     za, zb = split_pair(op, z)
-    out = za - zb
-    if b is not None:
-        out += b if op.kind == "linear" else b.view(-1, *([1] * (out.dim() - 2)))
-    return out, z
+    return with_bias(op, za - zb, b), z
 
 
 @register_rule("linear", method="rap", needs_inputs=True, dtypes=WITH_BFLOAT16,
@@ -149,7 +146,7 @@ def output_layer(op, x, w, b, d, score, share_of_d=False):
     pos, neg = sample_sum(d * pos), sample_sum(d * neg)
     bias_pos = bias_neg = 0
     if b is not None:  # classes: the last dim of a Linear's output, dim 1 of a conv's
-        bias = b if op.kind == "linear" else b.view(-1, *([1] * (d.dim() - 2)))
+        bias = unit_view(op, b, d.dim())
         bias_pos = bias * d * sdiv(pos, pos + neg)
         bias_neg = bias * d * sdiv(neg, pos + neg)
     numer = [d * zpp + bias_pos, d * zpn + bias_neg] + ([d * z[2], d * z[3]] if signed else [])
