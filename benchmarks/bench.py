@@ -3,7 +3,8 @@
     python benchmarks/bench.py                      # CPU: batch 1 and 4; GPU: batch 1 and 32
     python benchmarks/bench.py --models vgg16 --batches 1 8 --repeats 5
 
-Random weights (timing does not depend on them). Where Captum is installed
+Random weights, none left at 0 (timing depends on which units receive relevance, not on
+the values). Where Captum is installed
 (``pip install -e '.[bench]'``), its LRP is timed beside them, and so is Zennit's
 (EpsilonPlusFlat with the model's canonizer) where Zennit is installed. Writes JSON and a markdown table to
 benchmarks/results/ and prints the table. Times are medians in ms per image; memory is the peak
@@ -21,6 +22,7 @@ import gc
 import json
 import platform
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +43,19 @@ SIZES = {"vgg16": 224, "resnet50": 224, "inception_v3": 299}
 def build(name):
     kwargs = {"init_weights": False, "aux_logits": True, "transform_input": True} \
         if name == "inception_v3" else {}
-    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    return untrained(name, **kwargs)
+
+
+def untrained(name, **kwargs):
+    """torchvision's model ``name`` with random weights, none left at 0: torchvision starts
+    ViT's head at 0, where every logit and relevance is 0, and relprop's Linear rules skip the
+    units without relevance, so a sweep would be timed on nothing."""
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0, 0.02)
+    return model
 
 
 def peak_rss(fn) -> int | None:
@@ -167,6 +181,46 @@ def baselines(model, x, target):
         xi = x.clone().requires_grad_()
         torch.autograd.grad(model(xi).gather(1, target.view(-1, 1)).sum(), xi)
     return forward, gradient
+
+
+def lxt_vit(model, x, target):
+    """LXT's AttnLRP on a copy of torchvision's ViT ``model`` (``lxt.efficient.monkey_patch`` of
+    its GELU, LayerNorm and MultiheadAttention, then ``x * grad``), or None where LXT is not
+    installed. LXT patches those classes for the whole process; here its patch is on only during
+    its own call, so that LXT is timed interleaved with everyone else, on the same machine state.
+    LXT 2.1 imports under transformers 4.x only: from .lxt-env (.ci/run's second set) where that
+    exists."""
+    lxt_env = Path(__file__).resolve().parents[1] / ".lxt-env"
+    if lxt_env.is_dir() and str(lxt_env) not in sys.path:
+        sys.path.insert(0, str(lxt_env))
+    try:
+        from lxt.efficient import monkey_patch
+        from lxt.efficient.models import get_default_map
+    except ImportError as e:
+        print(f"LXT left out: {e}", flush=True)
+        return None
+    import torchvision.models.vision_transformer as vision_transformer
+    patch_map = get_default_map(vision_transformer)
+    original = {cls: cls.forward for cls in patch_map}
+    monkey_patch(vision_transformer, patch_map)
+    patched = {cls: cls.forward for cls in patch_map}
+    _set_forwards(original)
+    own = copy.deepcopy(model)
+
+    def lxt():
+        _set_forwards(patched)
+        try:
+            xi = x.clone().requires_grad_()
+            own(xi).gather(1, target.view(-1, 1)).sum().backward()
+            return xi * xi.grad
+        finally:
+            _set_forwards(original)
+    return lxt
+
+
+def _set_forwards(forwards: dict) -> None:
+    for cls, forward in forwards.items():
+        cls.forward = forward
 
 
 def peers(name, model, x, target, device):

@@ -5,11 +5,11 @@ peers, per model, batch and precision, in one process and one run; JSON and Mark
     python benchmarks/gpu.py --models vit_b_16 --batches 1 8 32 --precisions fp32 bf16
     python benchmarks/gpu.py --device cpu --models resnet18 --batches 1 --size 64   # CPU path
 
-Models: torchvision's (default ResNet-50, VGG-16, Inception-V3, vit_b_16, swin_t), random weights
-(timing does not depend on them). Per model and batch, interleaved repeat by repeat: the forward
-pass, the gradient, ``rap``, ``rap-stable``, ``lrp-epsilon-plus``, ``lrp-attn`` (on models with
-attention), Captum's LRP and Zennit's EpsilonPlusFlat (on CNNs, where installed), and LXT on
-vit_b_16 (where installed; timed last, since it patches torchvision for the whole process).
+Models: torchvision's (default ResNet-50, VGG-16, Inception-V3, vit_b_16, swin_t), random weights,
+none at 0. Per model and batch, interleaved repeat by repeat: the forward pass, the gradient,
+``rap``, ``rap-stable``, ``lrp-epsilon-plus``, ``lrp-attn`` (on models with attention), Captum's
+LRP and Zennit's EpsilonPlusFlat (on CNNs, where installed), and LXT on vit_b_16 (where
+installed; its patch of torchvision's classes is on during its own call only, ``bench.lxt_vit``).
 
 Precisions:
 - ``fp32``: float32 without TF32 for every method (relprop's own setting while it explains);
@@ -31,13 +31,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import relprop  # noqa: E402
-from bench import baselines, machine, peak_memory, peers, timed  # noqa: E402
+from bench import baselines, lxt_vit, machine, peak_memory, peers, timed, untrained  # noqa: E402
 from relprop.explainer import exact_float32  # noqa: E402
 
 MODELS = ("resnet50", "vgg16", "inception_v3", "vit_b_16", "swin_t")
@@ -51,7 +50,7 @@ def build(name: str, size: int | None):
     if size is not None and name.startswith("vit"):
         kwargs["image_size"] = size
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    model = untrained(name, **kwargs)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -81,6 +80,10 @@ def row(name, batch, precision, device, size, warmup, repeats) -> dict:
     if not attention and precision != "bf16":
         peer_fns, close_peers = peers(name, model, x, target, device)
         fns.update(peer_fns)
+    if name == "vit_b_16" and precision != "bf16" and size is None:
+        lxt = lxt_vit(model, x, target)
+        if lxt is not None:
+            fns["lxt"] = lxt
     times = timed(fns, device, warmup, repeats)
     peaks = {k: peak_memory(fn, device) / 2 ** 20 for k, fn in fns.items()}
     if close_peers is not None:
@@ -89,28 +92,7 @@ def row(name, batch, precision, device, size, warmup, repeats) -> dict:
              "ms": {k: 1000 * v / batch for k, v in times.items()},
              "peak_mib": peaks,
              "refused": refused}
-    if name == "vit_b_16" and precision != "bf16" and size is None:
-        found["lxt_pending"] = True  # timed at the end: LXT patches torchvision globally
     return found
-
-
-def add_lxt(rows, device, warmup, repeats) -> None:
-    """LXT's time on the vit_b_16 rows, after its global patch (vit_speed.bench_lxt)."""
-    pending = [r for r in rows if r.pop("lxt_pending", False)]
-    if not pending:
-        return
-    try:
-        from vit_speed import bench_lxt
-        for r in pending:
-            state = build("vit_b_16", None).state_dict()
-            x = torch.randn(r["batch"], 3, 224, 224, device=device)
-            target = torch.arange(r["batch"], device=device) % 1000
-            with precision_context(r["precision"]):
-                lxt_times, lxt_peaks = bench_lxt(state, x, target, device, warmup, repeats)
-            r["ms"]["lxt"] = 1000 * lxt_times["lxt"] / r["batch"]
-            r["peak_mib"]["lxt"] = (lxt_peaks["lxt"] or 0) / 2 ** 20
-    except ImportError as e:  # LXT not installed
-        print(f"LXT left out: {e}", flush=True)
 
 
 def precision_context(precision: str):
@@ -174,7 +156,6 @@ def main(argv=None):
                     rows.append(row(name, batch, precision, device, a.size, a.warmup,
                                     a.repeats))
                 print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
-    add_lxt(rows, device, a.warmup, a.repeats)
     title = (f"{machine(device)}, torch {torch.__version__}, median of {a.repeats} after "
              f"{a.warmup} warm-up")
     md = table(rows, title)

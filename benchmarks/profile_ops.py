@@ -10,15 +10,19 @@ gradient times of the same model for scale. Random weights.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
-import torchvision
 
-import relprop
-from relprop import engine
-from relprop.explainer import exact_float32
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import relprop  # noqa: E402
+from bench import untrained  # noqa: E402
+from relprop import engine  # noqa: E402
+from relprop.explainer import exact_float32  # noqa: E402
 
 
 def _sync(device):
@@ -55,7 +59,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     device = torch.device(a.device)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(a.model, weights=None).eval().to(device)
+    model = untrained(a.model).to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     size = 299 if a.model == "inception_v3" else 224

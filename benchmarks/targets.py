@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import relprop  # noqa: E402
-from bench import machine  # noqa: E402
+from bench import machine, untrained  # noqa: E402
 
 
 def seconds(fn, repeats: int) -> float:
@@ -46,7 +45,7 @@ def main(argv=None):
     rows = []
     for name in a.models:
         torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None).eval()
+        model = untrained(name)
         x = torch.randn(1, 3, 224, 224)
         with torch.no_grad():
             order = model(x)[0].argsort(descending=True)

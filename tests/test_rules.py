@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from relprop.ir import Op, Ref, resolve
-from relprop.rules import common, rap
+from relprop.rules import attnlrp, common, rap
 
 D = torch.float64
 
@@ -184,9 +184,15 @@ def _through_rap_forward(op, x, w, b, r, output):
     return rap.hidden_layer(op, x, w, r, kept)
 
 
+# Output units without relevance (attention's Q and K under CP-LRP): none, a run of them (the
+# rules map only the live run, a slice), scattered ones (an index), all of them.
+DEAD_UNITS = {"all-live": [], "run": [0, 1, 2, 3], "scattered": [1, 3, 4, 6], "all-dead": range(7)}
+
+
+@pytest.mark.parametrize("dead", DEAD_UNITS)
 @pytest.mark.parametrize("block_bytes", [None, 3 * 2 * 10 * 8], ids=["whole", "blocks-of-3"])
 @pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
-def test_hidden_linear_matches_independent_formula(signed, block_bytes, monkeypatch):
+def test_hidden_linear_matches_independent_formula(signed, block_bytes, dead, monkeypatch):
     if block_bytes is not None:  # a large layer is propagated a few output units at a time
         monkeypatch.setattr(rap, "BLOCK_BYTES", block_bytes)
     g = torch.Generator().manual_seed(1)
@@ -194,6 +200,7 @@ def test_hidden_linear_matches_independent_formula(signed, block_bytes, monkeypa
     x = x if signed else x.relu()
     w = torch.randn(7, 10, generator=g, dtype=D)
     r = torch.randn(3, 7, generator=g, dtype=D)
+    r[:, list(DEAD_UNITS[dead])] = 0
     op = make_op("linear", F.linear, input_nonneg=not signed)
     ours = rap.hidden_layer(op, x, w, r)
     expected = _reference_hidden(F.linear, x, w, r, linear=True)
@@ -204,6 +211,53 @@ def test_hidden_linear_matches_independent_formula(signed, block_bytes, monkeypa
                               expected, atol=1e-12)
     else:
         assert rap.layer_forward(op, (x, w, b), {}, {"role": "hidden"})[1] is None
+
+
+@pytest.mark.parametrize("dead", DEAD_UNITS)
+def test_lrp_attn_linear_matches_lrp_0(dead):
+    """lrp-attn's Linear rule, mapping back only the live units, against LRP-0 written out:
+    ``R_i = Σ_j x_i w_ji R_j / z_j`` (0 where ``z_j`` is 0)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, 10, generator=g, dtype=D)
+    w = torch.randn(7, 10, generator=g, dtype=D)
+    b = torch.randn(7, generator=g, dtype=D)
+    z = F.linear(x, w, b)
+    r = torch.randn(2, 5, 7, generator=g, dtype=D)
+    r[..., list(DEAD_UNITS[dead])] = 0
+    op = make_op("linear", F.linear, args=(Ref("x"), w, b))
+    run = run_with({"x": x, "y": z})
+    run.note = lambda op: {}
+    (ours,) = attnlrp.layer(op, r, run)
+    expected = torch.einsum("bti,ji,btj->bti", x, w, _sd(r, z))
+    assert torch.allclose(ours, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["nn.LayerNorm", "F.layer_norm"])
+def test_lrp_attn_layer_norm_keeps_sigma_from_its_forward(as_module):
+    """lrp-attn's own LayerNorm forward gives the layer's output bit for bit and keeps 1/σ, and
+    the rule on it equals the rule that computes σ itself: ``x ⊙ (g − mean g)/σ``."""
+    from relprop.ir import ModuleCall
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 8, generator=g, dtype=D) * 3 + 1
+    norm = torch.nn.LayerNorm(8, eps=1e-6, dtype=D)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    if as_module:
+        op = make_op("norm", ModuleCall(norm), args=(Ref("x"),))
+    else:
+        op = make_op("norm", F.layer_norm, args=(Ref("x"), (8,), norm.weight, norm.bias, 1e-6))
+    out, rstd = attnlrp.layer_norm_forward(op, resolve(op.args, {"x": x}), op.kwargs, {})
+    assert torch.equal(out, norm(x).detach())
+    sigma = (x.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
+    assert torch.allclose(rstd, 1 / sigma, rtol=1e-12)
+    r = torch.randn(2, 5, 8, generator=g, dtype=D)
+    run = run_with({"x": x, "y": out})
+    gr = r / out * norm.weight
+    expected = x * (gr - gr.mean(-1, keepdim=True)) / sigma
+    for kept in (rstd, None):  # from the forward; computed by the rule
+        run.by_product = lambda op, kept=kept: kept
+        assert torch.allclose(attnlrp.norm(op, r, run)[0], expected.detach(), atol=1e-12)
 
 
 # --------------------------------------------------------------------------- matrix forms

@@ -40,6 +40,27 @@ def lost_where_zero(relevance: torch.Tensor, denominator: torch.Tensor):
     return lost if lost.any() else None
 
 
+def live_units(op, relevance: torch.Tensor):
+    """The output units of a Linear layer that receive relevance, as an index of its last dim
+    (a slice where they are one run), where at most 3/4 of them do; None otherwise. Attention's
+    fused Q/K/V projection is the case: CP-LRP gives Q and K none, and a rule that maps only the
+    V rows does a third of the work. A unit without relevance adds exactly 0, so dropping it
+    changes the result by the order of a sum only."""
+    if op.kind != "linear" or relevance.dim() == 0:
+        return None
+    first = relevance[(0,) * (relevance.dim() - 1)]
+    if bool(first.ne(0).all()):  # the usual case, told by one position: every unit is live
+        return None
+    alive = relevance.ne(0).flatten(0, -2).any(0)
+    count = int(alive.sum())
+    if count > 0.75 * alive.numel():
+        return None
+    index = alive.nonzero().flatten()
+    if count and int(index[-1] - index[0]) + 1 == count:
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def sample_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over all but the batch dimension, kept broadcastable against ``t``."""
     return t.sum(dim=tuple(range(1, t.dim())), keepdim=True)

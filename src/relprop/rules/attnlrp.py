@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..ir import ModuleCall
 from .registry import derive, register_analysis, register_rule
-from .algebra import lin, lin_t, sdiv, with_bias
+from .algebra import lin, lin_t, live_units, sdiv, with_bias
 from .common import fit, operand_shares, uniform_shares
 from .lrp import batchnorm_folds, merged
 
@@ -37,13 +37,18 @@ def analyse(graph) -> dict:
 @register_rule("conv", method=METHOD, needs_output=True)
 def layer(op, relevance, run):
     """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays);
-    with a folded BatchNorm, the weight and output are the folded layer's."""
+    with a folded BatchNorm, the weight and output are the folded layer's. Only the units that
+    receive relevance are mapped back (:func:`live_units`)."""
     x, w, b = run.args(op)
     bn = run.note(op).get("batchnorm")
     if bn is None:
-        return (x * lin_t(op, sdiv(relevance, run.output(op)), w, x.shape),)
-    w, b = merged(op, w, b, bn, run)
-    z = with_bias(op, lin(op, x, w), b)
+        z = run.output(op)
+    else:
+        w, b = merged(op, w, b, bn, run)
+        z = with_bias(op, lin(op, x, w), b)
+    live = live_units(op, relevance)
+    if live is not None:
+        relevance, z, w = relevance[..., live], z[..., live], w[live]
     return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
 
 
@@ -68,35 +73,47 @@ def passthrough(op, relevance, run):
     return (fit(share, x.shape),)
 
 
-def _layer_norm_settings(op, run):
-    """(normalised dims, weight, eps) of a LayerNorm op, or None for another norm."""
+def _layer_norm_settings(op, args, kwargs):
+    """(input, normalised shape, weight, bias, eps) of a LayerNorm op, or None for another norm."""
     module = op.fn.module if isinstance(op.fn, ModuleCall) else None
     if isinstance(module, nn.LayerNorm):
-        return len(module.normalized_shape), module.weight, module.eps
+        return args[0], tuple(module.normalized_shape), module.weight, module.bias, module.eps
     if op.fn is F.layer_norm:
-        args, kwargs = run.args(op), run.kwargs(op)
         names = ("input", "normalized_shape", "weight", "bias", "eps")
-        bound = {"weight": None, "eps": 1e-5, **dict(zip(names, args)), **kwargs}
-        return len(bound["normalized_shape"]), bound["weight"], bound["eps"]
+        bound = {"weight": None, "bias": None, "eps": 1e-5, **dict(zip(names, args)), **kwargs}
+        return (bound["input"], tuple(bound["normalized_shape"]), bound["weight"], bound["bias"],
+                bound["eps"])
     return None
 
 
-@register_rule("norm", method=METHOD, needs_output=True)
+def layer_norm_forward(op, args, kwargs, note):
+    """A LayerNorm's forward as ``torch.native_layer_norm``, the kernel ``F.layer_norm`` runs,
+    which hands back ``1/σ`` beside the same output: the rule holds σ constant and would
+    otherwise compute it again from the input."""
+    settings = _layer_norm_settings(op, args, kwargs)
+    if settings is None:
+        return op.fn(*args, **kwargs), None
+    out, _, rstd = torch.native_layer_norm(*settings)
+    return out, rstd
+
+
+@register_rule("norm", method=METHOD, needs_output=True, forward=layer_norm_forward)
 def norm(op, relevance, run):
     """LayerNorm with σ held constant: ``y = γ ⊙ (x − mean x)/σ + β`` is then linear in ``x``,
     and the z-rule through it gives ``R_x = x ⊙ (g − mean g)/σ`` with ``g = γ ⊙ R / y`` (β keeps
     its share). Other norms pass ``R``."""
-    settings = _layer_norm_settings(op, run)
+    settings = _layer_norm_settings(op, run.args(op), run.kwargs(op))
     if settings is None:
         return (relevance,)
-    count, weight, eps = settings
-    x = run.args(op)[0]
-    dims = tuple(range(-count, 0))
-    sigma = (x.var(dim=dims, unbiased=False, keepdim=True) + eps).sqrt()
+    x, shape, weight, _, eps = settings
+    dims = tuple(range(-len(shape), 0))
+    rstd = run.by_product(op)
+    if rstd is None:
+        rstd = (x.var(dim=dims, unbiased=False, keepdim=True) + eps).rsqrt()
     g = sdiv(relevance, run.output(op))
     if weight is not None:
         g = g * weight
-    return (x * (g - g.mean(dim=dims, keepdim=True)) / sigma,)
+    return (x * (g - g.mean(dim=dims, keepdim=True)) * rstd.to(x.dtype),)
 
 
 # --------------------------------------------------------------------------- attnlrp

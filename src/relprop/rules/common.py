@@ -153,8 +153,9 @@ def factor_vjps(op, run, cotangent, which):
     own value never enters its product's transpose."""
     a, b = run.args(op)
     if op.fn is torch.matmul and a.dim() >= 2 and b.dim() >= 2 and a.shape[:-2] == b.shape[:-2]:
-        found = {0: cotangent @ b.transpose(-2, -1), 1: a.transpose(-2, -1) @ cotangent}
-        return {i: found[i] for i in which}  # the transposes directly, no autograd graph
+        found = {0: lambda: cotangent @ b.transpose(-2, -1),
+                 1: lambda: a.transpose(-2, -1) @ cotangent}
+        return {i: found[i]() for i in which}  # the transposes directly, no autograd graph
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(i in which) for i, t in enumerate((a, b))]
         out = op.fn(*leaves, **run.kwargs(op))

@@ -17,8 +17,8 @@ from ..ops import SIGNED_RESAMPLING, pad_spec, pads
 from .registry import WITH_BFLOAT16, derive, register_analysis, register_rule
 from .common import factor_vjps, input_vjp, is_linear_pool, is_max_pool, matmul as common_matmul
 from .common import flat_where_zero, movement as route, pool as route_pool, weight_and_signal
-from .algebra import lin, lin_t, lost_where_zero, pair_join, pair_views, sample_sum, sdiv
-from .algebra import sign_pair, split_pair, unit_view, with_bias
+from .algebra import lin, lin_t, live_units, lost_where_zero, pair_join, pair_views, sample_sum
+from .algebra import sdiv, sign_pair, split_pair, unit_view, with_bias
 
 
 derive("rap-stable", "rap")  # §7.5: RAP with its own rule at additions
@@ -189,6 +189,9 @@ def hidden_layer(op, x, w, relevance, kept=None):
     blocks of output units, each with its own slice of W+/|W-|."""
     signs = [x] if op.input_nonneg else [x.clamp(min=0), (-x).clamp(min=0)]  # |x-| for x-
     back, totals = [None] * len(signs), [0] * len(signs)
+    live = None if kept is not None else live_units(op, relevance)
+    if live is not None:  # a unit without relevance adds 0 to every sum below (Q and K)
+        relevance, w = relevance[..., live], w[live]
     for units in _unit_blocks(op, w):
         pair = sign_pair(op, w[units])
         r = relevance[..., units]
