@@ -334,6 +334,46 @@ def test_a_rule_can_compute_its_ops_forward_and_keep_a_by_product():
     assert freed == [True]  # the sweep let go of the by-product once Halve's rule had run
 
 
+def test_a_rule_in_factor_form_meets_rules_without_one():
+    """``register_rule(..., factor=Factored(...))``: between two rules in factor form the sweep
+    carries ``g = R / value``; where one meets a rule without that form (RAP's Linear and ReLU
+    rules here) the engine converts, ``g = R / y`` on the way in and ``R = x ⊙ g`` on the way
+    out, and the map is the one the relevance forms give."""
+    from relprop.rules import Factored
+    from relprop.rules.algebra import sdiv
+
+    class Triple(nn.Module):
+        def forward(self, x):
+            return x * 3
+
+    calls = []
+
+    def triple_rule(op, relevance, run):  # the z-rule: R_x = x ⊙ 3 (R / y)
+        calls.append("relevance")
+        return (run.args(op)[0] * 3 * sdiv(relevance, run.output(op)),)
+
+    def triple_factor(op, g, run):  # the same in factor form: g_x = 3 g
+        calls.append("factor")
+        return (3 * g,)
+
+    relprop.register_op(Triple, kind="triple", sign="same")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), Triple(), Triple(), nn.Linear(16, 2))
+    net = net.double().eval()
+    inputs = torch.randn(2, 3, dtype=torch.float64)
+    maps = []
+    for factor in (Factored(triple_factor), None):
+        relprop.register_rule("triple", triple_rule, method="rap", needs_output=True,
+                              factor=factor)
+        calls.clear()
+        e = explain(net, inputs, 1, method="rap")
+        maps.append(e.relevance)
+        assert torch.allclose(e.relevance.sum(1), e.score)
+        assert calls == (["factor"] * 2 if factor else ["relevance"] * 2)
+    assert torch.allclose(maps[0], maps[1], rtol=1e-12, atol=1e-14)
+    assert maps[1].abs().max() > 0
+
+
 def test_mlp_inputs_need_a_batch_dimension():
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     with pytest.raises(ValueError, match="at least two dimensions"):

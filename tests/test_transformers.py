@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 
 import relprop
 from relprop.rules.rap import shift
@@ -431,3 +432,33 @@ def test_optional_forward_arguments_and_an_in_forward_boolean_mask():
     e = relprop.explain(model, x, method="rap")
     assert torch.allclose(e.logits, model(x), atol=1e-12)
     assert torch.allclose(e.relevance.flatten(1).sum(1), e.score, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["lrp-attn", "attnlrp"])
+def test_the_factor_form_gives_the_maps_of_the_relevance_form_and_keeps_less(method):
+    """lrp-attn's and attnlrp's rules run in factor form (LXT's gradient × input: the sweep
+    carries R / value between them) unless a sweep stops at a layer; the maps are the relevance
+    form's to rounding in float64, and the forward pass keeps fewer values for it."""
+    from relprop import engine
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                                 num_heads=2, hidden_dim=32, mlp_dim=64,
+                                                 num_classes=10).double().eval()
+    torch.nn.init.normal_(model.heads.head.weight)  # torchvision starts it at 0
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    graph = relprop.explainer(model, method).graph
+    plans = {f: engine.plan(graph, method, factored=f) for f in (True, False)}
+    assert plans[True].factored and not plans[False].factored
+    assert len(plans[True].kept) < len(plans[False].kept)
+    maps = {}
+    for factored, plan in plans.items():
+        kept = engine.forward(plan, x)
+        y = kept.env[graph.output]
+        start = torch.zeros_like(y)
+        start[:, 4] = y[:, 4]
+        with torch.no_grad():
+            maps[factored] = engine.backward(plan, kept, start, y[:, 4], {})
+    assert torch.allclose(maps[True], maps[False], rtol=1e-10,
+                          atol=1e-12 * float(maps[False].abs().max()))
+    assert torch.allclose(maps[True].sum((1, 2, 3)), maps[False].sum((1, 2, 3)))
+    assert maps[False].abs().max() > 0

@@ -3,7 +3,10 @@
 The engine knows graphs, not rules: it asks the rule registry what each op's rule reads, keeps
 exactly those tensors, frees each one as soon as the sweep has passed its last reader, and sums
 the relevance of a tensor used by several ops. Where a rule computes its op's forward itself
-(to keep a by-product its sweep reads), the engine calls that in place of the op.
+(to keep a by-product its sweep reads), the engine calls that in place of the op. Where rules
+have a factor form (LXT's gradient × input), the sweep carries ``g = R / value`` between them,
+converting where it meets a rule without one, and keeps only what that form reads; values no
+rule can reach (what only attention's softmax weights lead to, under CP-LRP) are not kept.
 """
 from __future__ import annotations
 
@@ -14,18 +17,23 @@ import torch
 from .errors import ForwardError
 from .ir import Graph, Op, ref_names, resolve
 from .rules import analyse, get_rule
+from .rules.algebra import sdiv
 from .rules import registry as rule_registry
 
 
 class Plan:
-    """What to keep and when to free it, worked out once per (graph, method)."""
+    """What to keep and when to free it, worked out once per (graph, method); ``factored``: run
+    the rules' factor forms where they meet (:class:`relprop.rules.Factored`)."""
 
-    def __init__(self, graph: Graph, method: str):
+    def __init__(self, graph: Graph, method: str, factored: bool = True):
         self.graph, self.method = graph, method
         self.notes = analyse(method, graph)
         ops = graph.ops
         self.rules = {op.name: get_rule(method, op) for op in ops
                       if op.kind not in ("meta", "constant")}
+        # op -> True where the sweep runs its rule's factor form
+        arriving = _arriving(graph, self.rules, self.notes, factored)
+        self.factored = {name: True for name, (form, _) in arriving.items() if form}
         keep_until: dict[str, int] = {}  # value -> index of the earliest op whose rule reads it
 
         def keep(name, i):
@@ -33,13 +41,17 @@ class Plan:
 
         for i, op in enumerate(ops):
             rule = self.rules.get(op.name)
-            if rule is None:
+            if rule is None or op.name not in arriving:  # never reached by relevance
                 continue
+            form, came = arriving[op.name]
+            if came - {form}:  # its relevance changes form here: read the value then
+                keep(op.name, i)
+            reads = rule.factor if self.factored.get(op.name) else rule
             refs = ref_names((op.args, op.kwargs))
             for name in refs:
-                if rule.needs_inputs or name not in op.inputs:
+                if reads.needs_inputs or name not in op.inputs:
                     keep(name, i)
-            if rule.needs_output:
+            if reads.needs_output:
                 keep(op.name, i)
             if rule.forward is not None:
                 keep(by_product_key(op.name), i)
@@ -55,7 +67,8 @@ class Plan:
                 self.free_forward[i].append(name)
         self.free_backward: list[list[str]] = [[] for _ in range(len(ops) + 1)]
         for name, i in keep_until.items():
-            self.free_backward[i].append(name)
+            if name != graph.input:  # the caller's tensor, which a factor may need at the end
+                self.free_backward[i].append(name)
         self.forwards = {op.name: _own_forward(self.rules[op.name].forward,
                                                self.notes.get(op.name, {}))
                          for op in ops if op.name in self.rules and self.rules[op.name].forward}
@@ -64,6 +77,25 @@ class Plan:
         """The ops whose rule is not tested in ``dtype``."""
         return [op for op in self.graph.ops
                 if op.name in self.rules and dtype not in self.rules[op.name].dtypes]
+
+
+def _arriving(graph: Graph, rules: dict, notes: dict, factored: bool) -> dict:
+    """For each value relevance can reach, worked out in the sweep's order from the output
+    (whose relevance is R): ``(form, came)``, whether its producer's rule runs in factor form
+    and the forms its shares arrive in (True: a factor); the graph input's form is R."""
+    arriving: dict[str, tuple] = {graph.output: (False, {False})}
+    for op in reversed(graph.ops):
+        rule = rules.get(op.name)
+        if rule is None or op.name not in arriving:
+            continue
+        came = arriving[op.name][1]
+        f = rule.factor if factored else None
+        form = (f is not None and (f.when is None or f.when(op, notes.get(op.name, {})))
+                and (f.prefer or came == {True}))
+        arriving[op.name] = (form, came)
+        for name in (op.inputs if rule.reaches is None else rule.reaches(op)):
+            arriving.setdefault(name, (False, set()))[1].add(form)
+    return arriving
 
 
 def by_product_key(name: str) -> str:
@@ -79,15 +111,17 @@ def _own_forward(fn, note: dict):
 _PLAN_LOCK = threading.Lock()
 
 
-def plan(graph: Graph, method: str) -> Plan:
+def plan(graph: Graph, method: str, factored: bool = True) -> Plan:
     """The plan of ``method`` on ``graph``, made once and shared by every explainer and thread
-    (made again after a rule is registered); kept with the graph, so it goes with it."""
+    (made again after a rule is registered); kept with the graph, so it goes with it. A sweep
+    that stops at a layer needs that layer's relevance as R, so it runs on the plan without
+    factor forms (``factored=False``), which keeps what that takes."""
     with _PLAN_LOCK:
         per_method = graph.derived.setdefault("plans", {})
-        made = per_method.get(method)
+        made = per_method.get((method, factored))
         if made is None or made[0] != rule_registry.version():
-            made = (rule_registry.version(), Plan(graph, method))
-            per_method[method] = made
+            made = (rule_registry.version(), Plan(graph, method, factored))
+            per_method[(method, factored)] = made
         return made[1]
 
 
@@ -178,33 +212,58 @@ def backward(plan: Plan, kept: Forward, relevance: torch.Tensor, score: torch.Te
     stops there. ``score`` and ``options`` are what the rules read as ``run.score`` and
     ``run.options``."""
     graph = plan.graph
+    if stop is not None and plan.factored:
+        raise ValueError("a sweep that stops at a layer runs on engine.plan(..., factored=False)")
     run = Run(kept, plan.notes, score, options)
-    total: dict[str, torch.Tensor] = {graph.output: relevance}
+    # value -> [its relevance R, its factor g] (R = value ⊙ g), each summed over the shares
+    total: dict[str, list] = {graph.output: [relevance, None]}
     env = run.env
     for i in range(len(graph.ops) - 1, -1, -1):
         op = graph.ops[i]
-        r = total.pop(op.name, None)
+        parts = total.pop(op.name, None)
         if op.name == stop:
-            return r if r is not None else torch.zeros(run.shape(stop), dtype=relevance.dtype,
-                                                       device=relevance.device)
-        if r is not None and op.name in plan.rules:
-            shares = plan.rules[op.name].fn(op, r, run)
+            return parts[0] if parts is not None else torch.zeros(
+                run.shape(stop), dtype=relevance.dtype, device=relevance.device)
+        if parts is not None and op.name in plan.rules:
+            factored = plan.factored.get(op.name, False)
+            rule = plan.rules[op.name]
+            if factored:
+                shares = rule.factor.fn(op, _as_factor(parts, env.get(op.name)), run)
+            else:
+                shares = rule.fn(op, _as_relevance(parts, env.get(op.name)), run)
             if len(shares) != len(op.inputs):
                 raise RuntimeError(
                     f"the '{plan.method}' rule for ops of kind '{op.kind}' returned "
                     f"{len(shares)} relevance tensors for the {len(op.inputs)} inputs of "
                     f"'{op.name}' ({op.source}); a rule returns one per input, None for none")
+            slot = 1 if factored else 0
             for name, share in zip(op.inputs, shares):
                 if share is None:
                     continue
-                if name in total:
-                    total[name] = total[name] + share
-                else:
-                    total[name] = share
+                parts_in = total.setdefault(name, [None, None])
+                held = parts_in[slot]
+                parts_in[slot] = share if held is None else held + share
         for name in plan.free_backward[i]:
             env.pop(name, None)
-    result = total.get(graph.input)
-    if result is None:
-        result = torch.zeros(run.shape(graph.input), dtype=relevance.dtype,
-                             device=relevance.device)
-    return result
+    parts = total.get(graph.input)
+    if parts is None:
+        return torch.zeros(run.shape(graph.input), dtype=relevance.dtype,
+                           device=relevance.device)
+    return _as_relevance(parts, env.get(graph.input))
+
+
+def _as_relevance(parts: list, value) -> torch.Tensor:
+    """A value's relevance from its parts: R, plus ``value ⊙ g``."""
+    r, g = parts
+    if g is None:
+        return r
+    return value * g if r is None else r + value * g
+
+
+def _as_factor(parts: list, value) -> torch.Tensor:
+    """A value's factor from its parts: g, plus ``R / value`` (0 where the value is 0, as the
+    z-rule's safe division)."""
+    r, g = parts
+    if r is None:
+        return g
+    return sdiv(r, value) if g is None else g + sdiv(r, value)

@@ -107,7 +107,7 @@ class Explainer:
         with torch.inference_mode(False), eval_mode(model), exact_float32():
             x = inputs.clone() if inputs.is_inference() else inputs
             with torch.no_grad():
-                output, state = self._forward(model, x)
+                output, state = self._forward(model, x, layer)
             logits = main_output(output)
             check_finite(logits)
             for i, target in enumerate(targets):
@@ -137,8 +137,9 @@ class Explainer:
     def _attribute(self, call: Call) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement _attribute(call)")
 
-    def _forward(self, model: nn.Module, x: torch.Tensor):
-        """The model output and whatever the method keeps of the forward pass."""
+    def _forward(self, model: nn.Module, x: torch.Tensor, layer: str | None = None):
+        """The model output and whatever the method keeps of the forward pass (for an
+        explanation that stops at ``layer``, where given)."""
         try:
             return model(x), None
         except Exception as e:  # the model's own error on these inputs

@@ -40,8 +40,9 @@ class Propagation(Explainer):
         except UntraceableModel:
             pass  # torch.fx cannot trace it: captured on each input's shape (relprop.capture)
 
-    def _plan_of(self, model: nn.Module, x: torch.Tensor | None = None) -> engine.Plan:
-        return engine.plan(traced(model, x), self.method)
+    def _plan_of(self, model: nn.Module, x: torch.Tensor | None = None,
+                 factored: bool = True) -> engine.Plan:
+        return engine.plan(traced(model, x), self.method, factored)
 
     @property
     def plan(self) -> engine.Plan:
@@ -94,8 +95,8 @@ class Propagation(Explainer):
                     channels=_expected_channels(graph, first))
         self.check_precision(x.dtype, x)
 
-    def _forward(self, model: nn.Module, x: torch.Tensor):
-        plan = self._plan_of(model, x)
+    def _forward(self, model: nn.Module, x: torch.Tensor, layer: str | None = None):
+        plan = self._plan_of(model, x, factored=layer is None)  # a layer's relevance is R
         try:
             kept = engine.forward(plan, x)
         except ForwardError as e:

@@ -60,7 +60,7 @@ class AttentionRollout(Explainer):
                              "product); use rap-stable, lrp-attn or grad-cam")
         return graph, weights
 
-    def _forward(self, model: nn.Module, x: torch.Tensor):
+    def _forward(self, model: nn.Module, x: torch.Tensor, layer: str | None = None):
         graph, weights = self._attention(model, x)
         with torch.enable_grad():  # the gradient variant differentiates the score
             try:

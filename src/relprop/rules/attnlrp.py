@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ir import ModuleCall
-from .registry import derive, register_analysis, register_rule
+from ..ir import ModuleCall, resolve
+from .registry import Factored, derive, register_analysis, register_rule
 from .algebra import lin, lin_t, live_units, sdiv, with_bias
-from .common import fit, operand_shares, uniform_shares
+from .common import fit, matmul, matmul_factor, matmul_reaches, operand_shares
+from .common import uniform_factors, uniform_shares
 from .lrp import batchnorm_folds, merged
 
 METHOD = "lrp-attn"
@@ -33,8 +34,24 @@ def analyse(graph) -> dict:
     return {name: {"batchnorm": bn} for name, bn in batchnorm_folds(graph).items()}
 
 
-@register_rule("linear", method=METHOD, needs_output=True)
-@register_rule("conv", method=METHOD, needs_output=True)
+def _no_fold(op, note) -> bool:
+    return "batchnorm" not in note
+
+
+def layer_factor(op, g, run):
+    """LRP-0 in factor form: ``Wᵀ g``, reading the weight alone (the layer's input and output
+    enter only where the relevance changes form)."""
+    w = resolve(op.args[1], run.env)
+    live = live_units(op, g)
+    if live is not None:
+        g, w = g[..., live], w[live]
+    return (lin_t(op, g, w, run.shape(op.inputs[0])),)
+
+
+@register_rule("linear", method=METHOD, needs_output=True,
+               factor=Factored(layer_factor, when=_no_fold))
+@register_rule("conv", method=METHOD, needs_output=True,
+               factor=Factored(layer_factor, when=_no_fold))
 def layer(op, relevance, run):
     """LRP-0: ``x ⊙ Wᵀ(R / z)`` with ``z`` the layer's output, bias included (its share stays);
     with a folded BatchNorm, the weight and output are the folded layer's. Only the units that
@@ -52,14 +69,45 @@ def layer(op, relevance, run):
     return (x * lin_t(op, sdiv(relevance, z), w, x.shape),)
 
 
-@register_rule("add", method=METHOD, needs_output=True)
+def add_factor(op, g, run):
+    """The z-rule at a sum in factor form: each operand's factor is the sum's (summed back onto
+    an operand that was broadcast, and twice for a tensor added to itself)."""
+    shares = {}
+    for ref in op.args:
+        share = fit(g, run.shape(ref.name))
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
+    return tuple(shares[name] for name in op.inputs)
+
+
+@register_rule("add", method=METHOD, needs_output=True, factor=Factored(add_factor))
 def add(op, relevance, run):
     """The z-rule at a sum of two tensors: each operand its share of the sum."""
     s = sdiv(relevance, run.output(op))
     return operand_shares(op, run.args(op), lambda value: value * s)
 
 
-@register_rule("passthrough", method=METHOD, needs_inputs=True, needs_output=True)
+def passthrough_forward(op, args, kwargs, note):
+    """An elementwise op's forward, keeping the ratio its factor form multiplies by (as LXT
+    keeps ``y / (x + 1e-10)`` at an activation): ``y / x`` where ``R`` passes (scaling), ``y / (x +
+    1e-10)`` at an activation, nothing where the factor passes as it is (a constant's sum, an
+    op that returns its input)."""
+    y = op.fn(*args, **kwargs)
+    x = args[0]
+    if op.fn in (torch.add, torch.sub) or y is x:
+        return y, None
+    if op.fn in (torch.mul, torch.div) or op.sign == "same":
+        return y, sdiv(y, x)
+    return y, sdiv(y, x + IDENTITY_EPSILON)
+
+
+def passthrough_factor(op, g, run):
+    """:func:`passthrough` in factor form: ``g`` times the ratio its forward kept."""
+    ratio = run.by_product(op)
+    return (fit(g if ratio is None else g * ratio, run.shape(op.inputs[0])),)
+
+
+@register_rule("passthrough", method=METHOD, needs_inputs=True, needs_output=True,
+               forward=passthrough_forward, factor=Factored(passthrough_factor, prefer=False))
 def passthrough(op, relevance, run):
     """A constant added to a tensor (ViT's position embedding) keeps its share, as a bias does:
     ``R_x = x ⊙ R / y``. Everything else elementwise (activations, scaling) passes ``R``."""
@@ -71,6 +119,10 @@ def passthrough(op, relevance, run):
     else:  # an activation: LXT's identity rule, R·x/(x + 1e-10)
         share = relevance * sdiv(x, x + IDENTITY_EPSILON)
     return (fit(share, x.shape),)
+
+
+register_rule("matmul", matmul, method=METHOD, needs_inputs=True, needs_output=True,
+              factor=Factored(matmul_factor, needs_inputs=True), reaches=matmul_reaches)
 
 
 def _layer_norm_settings(op, args, kwargs):
@@ -97,7 +149,24 @@ def layer_norm_forward(op, args, kwargs, note):
     return out, rstd
 
 
-@register_rule("norm", method=METHOD, needs_output=True, forward=layer_norm_forward)
+def _is_layer_norm(op, note=None) -> bool:
+    module = op.fn.module if isinstance(op.fn, ModuleCall) else None
+    return isinstance(module, nn.LayerNorm) or op.fn is F.layer_norm
+
+
+def norm_factor(op, g, run):
+    """LayerNorm with σ held constant in factor form: ``(γ ⊙ g − mean)/σ``, reading γ and the
+    ``1/σ`` its own forward kept."""
+    _, shape, weight, _, _ = _layer_norm_settings(op, (None, *resolve(op.args[1:], run.env)),
+                                                  run.kwargs(op))
+    dims = tuple(range(-len(shape), 0))
+    if weight is not None:
+        g = g * weight
+    return ((g - g.mean(dim=dims, keepdim=True)) * run.by_product(op).to(g.dtype),)
+
+
+@register_rule("norm", method=METHOD, needs_output=True, forward=layer_norm_forward,
+               factor=Factored(norm_factor, when=_is_layer_norm))
 def norm(op, relevance, run):
     """LayerNorm with σ held constant: ``y = γ ⊙ (x − mean x)/σ + β`` is then linear in ``x``,
     and the z-rule through it gives ``R_x = x ⊙ (g − mean g)/σ`` with ``g = γ ⊙ R / y`` (β keeps
@@ -125,14 +194,24 @@ FULL = "attnlrp"
 derive(FULL, METHOD)
 
 
-@register_rule("matmul", method=FULL, needs_inputs=True, needs_output=True)
+@register_rule("matmul", method=FULL, needs_inputs=True, needs_output=True,
+               factor=Factored(uniform_factors, needs_inputs=True))
 def uniform_matmul(op, relevance, run):
     """The uniform rule at every product of two tensors, attention's ``softmax(QKᵀ)·V``
     included (AttnLRP, Prop. 3.2): each factor half of its z-rule share."""
     return uniform_shares(op, run, sdiv(relevance, run.output(op)))
 
 
-@register_rule("softmax", method=FULL, needs_inputs=True, needs_output=True)
+def softmax_factor(op, g, run):
+    """AttnLRP's softmax rule in factor form (``R = s ⊙ g``): ``s ⊙ g − s Σ s ⊙ g``."""
+    s = run.output(op)
+    r = s * g
+    found = r - s * r.sum(run.kwargs(op)["dim"], keepdim=True)
+    return (torch.where(s > 0, found, torch.zeros((), dtype=found.dtype)),)
+
+
+@register_rule("softmax", method=FULL, needs_inputs=True, needs_output=True,
+               factor=Factored(softmax_factor, needs_output=True, prefer=False))
 def softmax(op, relevance, run):
     """AttnLRP's softmax rule (Prop. 3.3), LXT's gradient × input through it:
     ``R_x = x ⊙ (R − s Σ R)`` along the softmax's dim; 0 where a masked score is -inf (its

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ir import ModuleCall, resolve
-from .registry import WITH_BFLOAT16, register_rule
+from .registry import WITH_BFLOAT16, Factored, register_rule
 from .algebra import lost_where_zero, sdiv
 
 
@@ -30,12 +30,13 @@ def batchnorm(op, relevance, run):
     return (relevance,)
 
 
-@register_rule("movement", method="*", needs_inputs=False, dtypes=WITH_BFLOAT16)
 def movement(op, relevance, run):
     """Reshape, slicing, ``cat``, padding: relevance goes back to the positions it came from.
 
     These ops are linear with 0/1 coefficients, so their vector-Jacobian product is exactly
     that routing (padding is cropped away, ``cat`` is sliced); it does not depend on the values.
+    Every output entry is a copy of one input entry (or of none), so a factor ``g`` of the
+    output routes the same way: the factor form is this rule itself.
     """
     leaves = {n: torch.zeros(run.shape(n), dtype=relevance.dtype, device=relevance.device,
                              requires_grad=True) for n in op.inputs}
@@ -45,6 +46,10 @@ def movement(op, relevance, run):
         out = op.fn(*args, **kwargs)
         grads = torch.autograd.grad(out, list(leaves.values()), relevance, allow_unused=True)
     return tuple(grads)
+
+
+register_rule("movement", movement, method="*", needs_inputs=False, dtypes=WITH_BFLOAT16,
+              factor=Factored(movement, prefer=False))
 
 
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -173,7 +178,15 @@ def weight_and_signal(op) -> tuple[int, int] | None:
     return flags.index(True), flags.index(False)
 
 
-@register_rule("matmul", method="*", needs_inputs=True, needs_output=True)
+def matmul_reaches(op):
+    """The factors of a product that :func:`matmul` gives relevance: the signal alone where the
+    other is attention's softmax weights, both otherwise."""
+    roles = weight_and_signal(op)
+    return op.inputs if roles is None else (op.args[roles[1]].name,)
+
+
+@register_rule("matmul", method="*", needs_inputs=True, needs_output=True,
+               reaches=matmul_reaches)
 def matmul(op, relevance, run):
     """rap-spec §8.5 for the product of two tensors ``y = a·b``. Where one factor is attention's
     softmax weights, they are a weight of the other (as CP-LRP, Ali et al. 2022): all of ``R``
@@ -186,6 +199,29 @@ def matmul(op, relevance, run):
     _, signal = roles
     grads = factor_vjps(op, run, s, (signal,))
     shares = {op.args[signal].name: run.args(op)[signal] * grads[signal]}
+    return tuple(shares.get(name) for name in op.inputs)
+
+
+def matmul_factor(op, g, run):
+    """:func:`matmul` in factor form (``g = R / y``): the signal's factor is the transposed
+    product with the weight, ``∂(a·b)/∂b (g)``; each factor of a product of two signals half of
+    its own (:func:`uniform_factors`)."""
+    roles = weight_and_signal(op)
+    if roles is None:
+        return uniform_factors(op, g, run)
+    signal = op.args[roles[1]].name
+    found = factor_vjps(op, run, g, (roles[1],))[roles[1]]
+    return tuple(found if name == signal else None for name in op.inputs)
+
+
+def uniform_factors(op, g, run):
+    """The uniform rule in factor form: each factor half of its transposed product with ``g``;
+    a factor that is the same tensor twice gets both."""
+    grads = factor_vjps(op, run, g, (0, 1))
+    shares = {}
+    for i, ref in enumerate(op.args):
+        share = grads[i] / 2
+        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
     return tuple(shares.get(name) for name in op.inputs)
 
 

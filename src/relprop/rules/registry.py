@@ -37,12 +37,33 @@ WITH_BFLOAT16 = FULL | {torch.bfloat16}
 
 
 @dataclass(frozen=True)
+class Factored:
+    """A rule in factor form (LXT's gradient × input): ``fn(op, g, run)`` takes the relevance of
+    the op's output as the factor ``g`` with ``R = y ⊙ g`` and returns each input's factor
+    ``g_i`` with ``R_i = x_i ⊙ g_i``. Where one such rule feeds another, the sweep neither divides
+    by the value between them nor multiplies by it, and need not keep it: LRP-0 at a Linear
+    layer is then ``Wᵀ g``, reading the weight alone.
+
+    ``prefer``: run in factor form even where relevance arrives as ``R`` (the rule divides by its
+    output anyway); otherwise only where all of it arrives as a factor (routing, which is the
+    same map in both forms). ``when(op, note)``: the ops it applies to (None: all)."""
+
+    fn: Callable
+    needs_inputs: bool = False
+    needs_output: bool = False
+    prefer: bool = True
+    when: Callable | None = None
+
+
+@dataclass(frozen=True)
 class Rule:
     fn: Callable
     needs_inputs: bool  # the forward pass must keep the op's tensor inputs
     needs_output: bool  # ... and its output
     dtypes: frozenset = FULL  # the floating-point types the rule is tested in
     forward: Callable | None = None  # computes the op's forward itself, keeping a by-product
+    factor: Factored | None = None  # the same rule in factor form
+    reaches: Callable | None = None  # reaches(op): the inputs it can give relevance (None: all)
 
 
 _RULES: dict[str, dict[str, Rule]] = {}
@@ -73,7 +94,8 @@ def _lineage(method: str) -> list[str]:
 
 def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
                   needs_inputs: bool = True, needs_output: bool = False,
-                  dtypes=FULL, forward: Callable | None = None):
+                  dtypes=FULL, forward: Callable | None = None, factor: Factored | None = None,
+                  reaches: Callable | None = None):
     """Register ``fn`` as the rule for ops of ``kind`` under ``method`` (usable as decorator).
 
     Say what the rule reads, so that the forward pass keeps only that: ``needs_inputs`` for the
@@ -85,10 +107,19 @@ def register_rule(kind: str, fn: Callable | None = None, *, method: str = "rap",
     it again in the sweep (RAP's ``Lin(x, W+)`` and ``Lin(x, |W-|)``, whose difference is the
     layer's output); the rule reads ``by_product`` as ``run.by_product(op)`` (None where the
     forward kept none). ``note`` is the method's analysis of the op.
+
+    ``factor``, if given, is the same rule in factor form (:class:`Factored`), which the sweep
+    runs between rules that have one; the results agree to rounding (where a value between two
+    such rules is exactly 0, the factor form passes what the z-rule's safe division drops, as
+    LXT's gradient does).
+
+    ``reaches(op)``, if given, names the op's inputs the rule can give relevance, where it never
+    gives some any (attention's softmax weights under CP-LRP): what only those would have read
+    is then not kept.
     """
     def deco(f):
         _RULES.setdefault(method, {})[kind] = Rule(f, needs_inputs, needs_output,
-                                                   frozenset(dtypes), forward)
+                                                   frozenset(dtypes), forward, factor, reaches)
         _VERSION[0] += 1
         return f
     return deco(fn) if fn is not None else deco
