@@ -74,6 +74,30 @@ def test_movement_slices_cat_and_crops_padding():
     assert torch.equal(rx, t([1, 2]))
 
 
+VIEWS = {"view": (torch.Tensor.view, (6, 4)), "flatten": (torch.flatten, (1,)),
+         "unflatten": (torch.unflatten, (1, (2, 3))), "permute-list": (torch.permute, ([2, 0, 1],)),
+         "permute-args": (torch.Tensor.permute, (1, -1, 0)),
+         "transpose": (torch.Tensor.transpose, (0, 2)), "unsqueeze": (torch.unsqueeze, (1,)),
+         "nn.Flatten": (None, ())}
+
+
+@pytest.mark.parametrize("name", VIEWS)
+def test_a_reshape_or_permutation_routes_relevance_as_its_gradient_does(name):
+    """Reshapes and permutations are undone directly; the result is the op's vector-Jacobian
+    product (autograd, independent of the rule)."""
+    from relprop.ir import ModuleCall
+    fn, rest = VIEWS[name]
+    module = torch.nn.Flatten()  # held here: the graph holds modules by weak reference
+    fn = ModuleCall(module) if fn is None else fn
+    x = torch.randn(2, 6, 2, dtype=D).requires_grad_()
+    y = fn(x, *rest)
+    r = torch.randn(y.shape, dtype=D)
+    op = make_op("movement", fn, args=(Ref("x"), *rest))
+    (ours,) = common.movement(op, r, run_with({"x": x.detach()}, {"x": x.shape}))
+    (expected,) = torch.autograd.grad(y, x, r)
+    assert ours.shape == x.shape and torch.equal(ours, expected)
+
+
 def test_batchnorm_passes_relevance_through():
     r = t(1, -2)
     assert torch.equal(common.batchnorm(make_op("batchnorm"), r, run_with())[0], r)

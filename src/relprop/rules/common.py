@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ir import ModuleCall, resolve
+from ..ir import ModuleCall, Ref, resolve
 from .registry import WITH_BFLOAT16, Factored, register_rule
 from .algebra import lost_where_zero, sdiv
 
@@ -36,8 +36,13 @@ def movement(op, relevance, run):
     These ops are linear with 0/1 coefficients, so their vector-Jacobian product is exactly
     that routing (padding is cropped away, ``cat`` is sliced); it does not depend on the values.
     Every output entry is a copy of one input entry (or of none), so a factor ``g`` of the
-    output routes the same way: the factor form is this rule itself.
+    output routes the same way: the factor form is this rule itself. A reshape, permutation or
+    transpose is undone directly (the vector-Jacobian product itself, without autograd's
+    bookkeeping, which is the cost of the many small moves of a transformer's heads).
     """
+    undone = _undo_view(op, relevance, run)
+    if undone is not None:
+        return (undone,)
     leaves = {n: torch.zeros(run.shape(n), dtype=relevance.dtype, device=relevance.device,
                              requires_grad=True) for n in op.inputs}
     args = resolve(op.args, {**run.env, **leaves})
@@ -46,6 +51,36 @@ def movement(op, relevance, run):
         out = op.fn(*args, **kwargs)
         grads = torch.autograd.grad(out, list(leaves.values()), relevance, allow_unused=True)
     return tuple(grads)
+
+
+_RESHAPES = {torch.flatten, torch.reshape, torch.unflatten, torch.squeeze, torch.unsqueeze,
+             torch.Tensor.view, torch.Tensor.reshape, torch.Tensor.flatten,
+             torch.Tensor.unflatten, torch.Tensor.squeeze, torch.Tensor.unsqueeze,
+             torch.Tensor.view_as, torch.Tensor.reshape_as}
+
+
+def _undo_view(op, relevance, run):
+    """The relevance of a reshape's, permutation's or transpose's input, or None for another
+    movement: a reshape keeps the entries' order, so its input's relevance is the output's
+    reshaped; a permutation's is the output's permuted back."""
+    if len(op.inputs) != 1 or not op.args or getattr(op.args[0], "name", None) != op.inputs[0]:
+        return None
+    fn = op.fn.module if isinstance(op.fn, ModuleCall) else op.fn
+    if fn in _RESHAPES or isinstance(fn, (nn.Flatten, nn.Unflatten)):
+        return relevance.reshape(run.shape(op.inputs[0]))
+    rest, kwargs = op.args[1:], op.kwargs
+    if any(isinstance(a, Ref) for a in rest) or any(isinstance(v, Ref) for v in kwargs.values()):
+        return None
+    if fn in (torch.permute, torch.Tensor.permute):
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+        dims = kwargs.get("dims", dims)
+        if len(dims) != relevance.dim():
+            return None
+        order = [d % relevance.dim() for d in dims]
+        return relevance.permute(sorted(range(len(order)), key=order.__getitem__))
+    if fn in (torch.transpose, torch.Tensor.transpose) and len(rest) == 2 and not kwargs:
+        return relevance.transpose(*rest)
+    return None
 
 
 register_rule("movement", movement, method="*", needs_inputs=False, dtypes=WITH_BFLOAT16,
