@@ -10,6 +10,7 @@ gradient times of the same model for scale. Random weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import defaultdict
@@ -31,22 +32,27 @@ def _sync(device):
 
 
 class Timed:
-    """A rule with its calls timed into ``totals[kind]``."""
+    """A rule with its calls, in either form, timed into ``totals[kind]``."""
 
     def __init__(self, rule, kind, totals, device):
         self.rule, self.kind, self.totals, self.device = rule, kind, totals, device
+        self.fn = self._timed(rule.fn)
+        self.factor = None if rule.factor is None else dataclasses.replace(
+            rule.factor, fn=self._timed(rule.factor.fn))
 
     def __getattr__(self, name):
         return getattr(self.rule, name)
 
-    def fn(self, op, relevance, run):
-        _sync(self.device)
-        start = time.perf_counter()
-        out = self.rule.fn(op, relevance, run)
-        _sync(self.device)
-        self.totals[self.kind][0] += time.perf_counter() - start
-        self.totals[self.kind][1] += 1
-        return out
+    def _timed(self, fn):
+        def timed(op, relevance, run):
+            _sync(self.device)
+            start = time.perf_counter()
+            out = fn(op, relevance, run)
+            _sync(self.device)
+            self.totals[self.kind][0] += time.perf_counter() - start
+            self.totals[self.kind][1] += 1
+            return out
+        return timed
 
 
 def main(argv=None):
