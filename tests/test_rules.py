@@ -237,6 +237,14 @@ def test_hidden_linear_matches_independent_formula(signed, block_bytes, dead, mo
         assert rap.layer_forward(op, (x, w, b), {}, {"role": "hidden"})[1] is None
 
 
+def test_live_units_of_one_sample_without_a_batch_dim():
+    from relprop.rules.algebra import live_units
+    op = make_op("linear", F.linear)
+    assert live_units(op, t(0, 0, 0, 1)) == slice(3, 4)  # a run of live units: a slice
+    assert torch.equal(live_units(op, t(0, 2, 0, 1)), torch.tensor([1, 3]))
+    assert live_units(op, t(1, 2, 3, 4)) is None
+
+
 @pytest.mark.parametrize("dead", DEAD_UNITS)
 def test_lrp_attn_linear_matches_lrp_0(dead):
     """lrp-attn's Linear rule, mapping back only the live units, against LRP-0 written out:

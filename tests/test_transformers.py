@@ -451,8 +451,13 @@ def test_the_factor_form_gives_the_maps_of_the_relevance_form_and_keeps_less(met
     assert plans[True].factored and not plans[False].factored
     assert len(plans[True].kept) < len(plans[False].kept)
     maps = {}
+    scales = [op.name for op in graph.ops if op.kind == "passthrough" and op.fn is torch.mul]
+    assert scales  # attention's scaled scores: CP-LRP's relevance never reaches them
     for factored, plan in plans.items():
         kept = engine.forward(plan, x)
+        if method == "lrp-attn":  # kept neither as values nor as by-products of their forward
+            unreached = set(scales) | {engine.by_product_key(name) for name in scales}
+            assert not unreached & set(kept.env)
         y = kept.env[graph.output]
         start = torch.zeros_like(y)
         start[:, 4] = y[:, 4]

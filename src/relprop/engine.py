@@ -35,6 +35,7 @@ class Plan:
         arriving = _arriving(graph, self.rules, self.notes, factored)
         self.factored = {name: True for name, (form, _) in arriving.items() if form}
         keep_until: dict[str, int] = {}  # value -> index of the earliest op whose rule reads it
+        own_forwards = {}  # op -> the rule's own forward, for the form the sweep runs
 
         def keep(name, i):
             keep_until[name] = min(i, keep_until.get(name, i))
@@ -53,7 +54,9 @@ class Plan:
                     keep(name, i)
             if reads.needs_output:
                 keep(op.name, i)
-            if rule.forward is not None:
+            own = (rule.factor.forward if self.factored.get(op.name) else None) or rule.forward
+            if own is not None:
+                own_forwards[op.name] = _own_forward(own, self.notes.get(op.name, {}))
                 keep(by_product_key(op.name), i)
         keep(graph.output, len(ops))
         self.kept = set(keep_until)
@@ -69,9 +72,7 @@ class Plan:
         for name, i in keep_until.items():
             if name != graph.input:  # the caller's tensor, which a factor may need at the end
                 self.free_backward[i].append(name)
-        self.forwards = {op.name: _own_forward(self.rules[op.name].forward,
-                                               self.notes.get(op.name, {}))
-                         for op in ops if op.name in self.rules and self.rules[op.name].forward}
+        self.forwards = own_forwards  # ops relevance never reaches run as they are
 
     def untested_in(self, dtype: torch.dtype) -> list[Op]:
         """The ops whose rule is not tested in ``dtype``."""
@@ -253,11 +254,13 @@ def backward(plan: Plan, kept: Forward, relevance: torch.Tensor, score: torch.Te
 
 
 def _as_relevance(parts: list, value) -> torch.Tensor:
-    """A value's relevance from its parts: R, plus ``value ⊙ g``."""
+    """A value's relevance from its parts: R, plus ``value ⊙ g`` (0 where g is 0, also where the
+    value is infinite: a masked score of -inf)."""
     r, g = parts
     if g is None:
         return r
-    return value * g if r is None else r + value * g
+    found = torch.where(g == 0, torch.zeros((), dtype=g.dtype, device=g.device), value * g)
+    return found if r is None else r + found
 
 
 def _as_factor(parts: list, value) -> torch.Tensor:

@@ -51,7 +51,7 @@ def live_units(op, relevance: torch.Tensor):
     first = relevance[(0,) * (relevance.dim() - 1)]
     if bool(first.ne(0).all()):  # the usual case, told by one position: every unit is live
         return None
-    alive = relevance.ne(0).flatten(0, -2).any(0)
+    alive = relevance.ne(0).reshape(-1, relevance.shape[-1]).any(0)
     count = int(alive.sum())
     if count > 0.75 * alive.numel():
         return None

@@ -107,7 +107,7 @@ def passthrough_factor(op, g, run):
 
 
 @register_rule("passthrough", method=METHOD, needs_inputs=True, needs_output=True,
-               forward=passthrough_forward, factor=Factored(passthrough_factor, prefer=False))
+               factor=Factored(passthrough_factor, prefer=False, forward=passthrough_forward))
 def passthrough(op, relevance, run):
     """A constant added to a tensor (ViT's position embedding) keeps its share, as a bias does:
     ``R_x = x ⊙ R / y``. Everything else elementwise (activations, scaling) passes ``R``."""
@@ -128,13 +128,14 @@ register_rule("matmul", matmul, method=METHOD, needs_inputs=True, needs_output=T
 def _layer_norm_settings(op, args, kwargs):
     """(input, normalised shape, weight, bias, eps) of a LayerNorm op, or None for another norm."""
     module = op.fn.module if isinstance(op.fn, ModuleCall) else None
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
         return args[0], tuple(module.normalized_shape), module.weight, module.bias, module.eps
     if op.fn is F.layer_norm:
         names = ("input", "normalized_shape", "weight", "bias", "eps")
         bound = {"weight": None, "bias": None, "eps": 1e-5, **dict(zip(names, args)), **kwargs}
-        return (bound["input"], tuple(bound["normalized_shape"]), bound["weight"], bound["bias"],
-                bound["eps"])
+        shape = bound["normalized_shape"]
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return bound["input"], shape, bound["weight"], bound["bias"], bound["eps"]
     return None
 
 
@@ -151,7 +152,8 @@ def layer_norm_forward(op, args, kwargs, note):
 
 def _is_layer_norm(op, note=None) -> bool:
     module = op.fn.module if isinstance(op.fn, ModuleCall) else None
-    return isinstance(module, nn.LayerNorm) or op.fn is F.layer_norm
+    return (isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward
+            or op.fn is F.layer_norm)
 
 
 def norm_factor(op, g, run):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ir import ModuleCall, Ref, resolve
+from ..ir import ModuleCall, ref_names, resolve
 from .registry import WITH_BFLOAT16, Factored, register_rule
 from .algebra import lost_where_zero, sdiv
 
@@ -69,7 +69,7 @@ def _undo_view(op, relevance, run):
     if fn in _RESHAPES or isinstance(fn, (nn.Flatten, nn.Unflatten)):
         return relevance.reshape(run.shape(op.inputs[0]))
     rest, kwargs = op.args[1:], op.kwargs
-    if any(isinstance(a, Ref) for a in rest) or any(isinstance(v, Ref) for v in kwargs.values()):
+    if ref_names((rest, kwargs)):  # a size or dim computed in the graph: autograd's way
         return None
     if fn in (torch.permute, torch.Tensor.permute):
         dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest

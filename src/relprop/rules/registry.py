@@ -46,13 +46,16 @@ class Factored:
 
     ``prefer``: run in factor form even where relevance arrives as ``R`` (the rule divides by its
     output anyway); otherwise only where all of it arrives as a factor (routing, which is the
-    same map in both forms). ``when(op, note)``: the ops it applies to (None: all)."""
+    same map in both forms). ``when(op, note)``: the ops it applies to (None: all).
+    ``forward``: the op's own forward where the factor form runs (as ``register_rule``'s), for a
+    by-product only the factor form reads."""
 
     fn: Callable
     needs_inputs: bool = False
     needs_output: bool = False
     prefer: bool = True
     when: Callable | None = None
+    forward: Callable | None = None
 
 
 @dataclass(frozen=True)
