@@ -31,9 +31,9 @@ class Plan:
         ops = graph.ops
         self.rules = {op.name: get_rule(method, op) for op in ops
                       if op.kind not in ("meta", "constant")}
-        # op -> True where the sweep runs its rule's factor form
         arriving = _arriving(graph, self.rules, self.notes, factored)
-        self.factored = {name: True for name, (form, _) in arriving.items() if form}
+        # the ops whose rule the sweep runs in factor form
+        self.factored = {name for name, (form, _) in arriving.items() if form}
         keep_until: dict[str, int] = {}  # value -> index of the earliest op whose rule reads it
         own_forwards = {}  # op -> the rule's own forward, for the form the sweep runs
 
@@ -47,14 +47,14 @@ class Plan:
             form, came = arriving[op.name]
             if came - {form}:  # its relevance changes form here: read the value then
                 keep(op.name, i)
-            reads = rule.factor if self.factored.get(op.name) else rule
+            reads = rule.factor if form else rule
             refs = ref_names((op.args, op.kwargs))
             for name in refs:
                 if reads.needs_inputs or name not in op.inputs:
                     keep(name, i)
             if reads.needs_output:
                 keep(op.name, i)
-            own = (rule.factor.forward if self.factored.get(op.name) else None) or rule.forward
+            own = (rule.factor.forward if form else None) or rule.forward
             if own is not None:
                 own_forwards[op.name] = _own_forward(own, self.notes.get(op.name, {}))
                 keep(by_product_key(op.name), i)
@@ -226,7 +226,7 @@ def backward(plan: Plan, kept: Forward, relevance: torch.Tensor, score: torch.Te
             return parts[0] if parts is not None else torch.zeros(
                 run.shape(stop), dtype=relevance.dtype, device=relevance.device)
         if parts is not None and op.name in plan.rules:
-            factored = plan.factored.get(op.name, False)
+            factored = op.name in plan.factored
             rule = plan.rules[op.name]
             if factored:
                 shares = rule.factor.fn(op, _as_factor(parts, env.get(op.name)), run)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..ir import ModuleCall, resolve
 from .registry import Factored, derive, register_analysis, register_rule
 from .algebra import lin, lin_t, live_units, sdiv, with_bias
-from .common import fit, matmul, matmul_factor, matmul_reaches, operand_shares
+from .common import fit, matmul, matmul_factor, matmul_reaches, operand_shares, per_input
 from .common import uniform_factors, uniform_shares
 from .lrp import batchnorm_folds, merged
 
@@ -72,11 +72,7 @@ def layer(op, relevance, run):
 def add_factor(op, g, run):
     """The z-rule at a sum in factor form: each operand's factor is the sum's (summed back onto
     an operand that was broadcast, and twice for a tensor added to itself)."""
-    shares = {}
-    for ref in op.args:
-        share = fit(g, run.shape(ref.name))
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares[name] for name in op.inputs)
+    return per_input(op, [fit(g, run.shape(ref.name)) for ref in op.args])
 
 
 @register_rule("add", method=METHOD, needs_output=True, factor=Factored(add_factor))
@@ -86,6 +82,16 @@ def add(op, relevance, run):
     return operand_shares(op, run.args(op), lambda value: value * s)
 
 
+def _elementwise(op) -> str:
+    """How lrp-attn treats an elementwise op: a constant's ``sum`` keeps its share as a bias
+    does, ``scaling`` (and dropout, copies) passes R, an ``activation`` takes the identity rule."""
+    if op.fn in (torch.add, torch.sub):
+        return "sum"
+    if op.fn in (torch.mul, torch.div) or op.sign == "same":
+        return "scaling"
+    return "activation"
+
+
 def passthrough_forward(op, args, kwargs, note):
     """An elementwise op's forward, keeping the ratio its factor form multiplies by (as LXT
     keeps ``y / (x + 1e-10)`` at an activation): ``y / x`` where ``R`` passes (scaling), ``y / (x +
@@ -93,11 +99,10 @@ def passthrough_forward(op, args, kwargs, note):
     op that returns its input)."""
     y = op.fn(*args, **kwargs)
     x = args[0]
-    if op.fn in (torch.add, torch.sub) or y is x:
+    kind = _elementwise(op)
+    if kind == "sum" or y is x:
         return y, None
-    if op.fn in (torch.mul, torch.div) or op.sign == "same":
-        return y, sdiv(y, x)
-    return y, sdiv(y, x + IDENTITY_EPSILON)
+    return y, sdiv(y, x if kind == "scaling" else x + IDENTITY_EPSILON)
 
 
 def passthrough_factor(op, g, run):
@@ -112,11 +117,12 @@ def passthrough(op, relevance, run):
     """A constant added to a tensor (ViT's position embedding) keeps its share, as a bias does:
     ``R_x = x ⊙ R / y``. Everything else elementwise (activations, scaling) passes ``R``."""
     x = run.args(op)[0]
-    if op.fn in (torch.add, torch.sub):
+    kind = _elementwise(op)
+    if kind == "sum":
         share = x * sdiv(relevance, run.output(op))
-    elif op.fn in (torch.mul, torch.div) or op.sign == "same":  # scaling, dropout, copies
+    elif kind == "scaling":
         share = relevance
-    else:  # an activation: LXT's identity rule, R·x/(x + 1e-10)
+    else:  # LXT's identity rule, R·x/(x + 1e-10)
         share = relevance * sdiv(x, x + IDENTITY_EPSILON)
     return (fit(share, x.shape),)
 
@@ -125,10 +131,19 @@ register_rule("matmul", matmul, method=METHOD, needs_inputs=True, needs_output=T
               factor=Factored(matmul_factor, needs_inputs=True), reaches=matmul_reaches)
 
 
-def _layer_norm_settings(op, args, kwargs):
-    """(input, normalised shape, weight, bias, eps) of a LayerNorm op, or None for another norm."""
+def _layer_norm_module(op):
+    """The op's ``nn.LayerNorm``, or None (another op, or a subclass with a forward of its own,
+    such as a channels-first LayerNorm2d that permutes)."""
     module = op.fn.module if isinstance(op.fn, ModuleCall) else None
     if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward:
+        return module
+    return None
+
+
+def _layer_norm_settings(op, args, kwargs):
+    """(input, normalised shape, weight, bias, eps) of a LayerNorm op, or None for another norm."""
+    module = _layer_norm_module(op)
+    if module is not None:
         return args[0], tuple(module.normalized_shape), module.weight, module.bias, module.eps
     if op.fn is F.layer_norm:
         names = ("input", "normalized_shape", "weight", "bias", "eps")
@@ -151,9 +166,7 @@ def layer_norm_forward(op, args, kwargs, note):
 
 
 def _is_layer_norm(op, note=None) -> bool:
-    module = op.fn.module if isinstance(op.fn, ModuleCall) else None
-    return (isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward
-            or op.fn is F.layer_norm)
+    return _layer_norm_module(op) is not None or op.fn is F.layer_norm
 
 
 def norm_factor(op, g, run):

@@ -165,11 +165,16 @@ def operand_shares(op, operands, share_of):
     """The relevance of each of ``op.inputs`` for a sum of ``operands``: ``share_of(operand)``
     summed back onto the operand's shape, and summed over the operands that are the same tensor
     (``x + x``)."""
-    shares = {}
-    for ref, value in zip(op.args, operands):
-        share = fit(share_of(value), value.shape)
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares[n] for n in op.inputs)
+    return per_input(op, [fit(share_of(value), value.shape) for value in operands])
+
+
+def per_input(op, shares) -> tuple:
+    """``shares``, one per entry of ``op.args``, summed per input of ``op``: a tensor that is
+    several of the arguments (``x + x``, ``x @ x``) gets each one's share; None for none."""
+    summed = {}
+    for ref, share in zip(op.args, shares):
+        summed[ref.name] = summed[ref.name] + share if ref.name in summed else share
+    return tuple(summed.get(name) for name in op.inputs)
 
 
 @register_rule("product", method="*", needs_inputs=False)
@@ -253,20 +258,12 @@ def uniform_factors(op, g, run):
     """The uniform rule in factor form: each factor half of its transposed product with ``g``;
     a factor that is the same tensor twice gets both."""
     grads = factor_vjps(op, run, g, (0, 1))
-    shares = {}
-    for i, ref in enumerate(op.args):
-        share = grads[i] / 2
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares.get(name) for name in op.inputs)
+    return per_input(op, [grads[0] / 2, grads[1] / 2])
 
 
 def uniform_shares(op, run, s):
     """The uniform rule at a product of two tensors (AttnLRP, Prop. 3.2): each factor half of
     its z-rule share, with ``s = R / y``; a factor that is the same tensor twice gets both."""
-    values = run.args(op)
+    a, b = run.args(op)
     grads = factor_vjps(op, run, s, (0, 1))
-    shares = {}
-    for i, ref in enumerate(op.args):
-        share = values[i] * grads[i] / 2
-        shares[ref.name] = shares[ref.name] + share if ref.name in shares else share
-    return tuple(shares.get(name) for name in op.inputs)
+    return per_input(op, [a * grads[0] / 2, b * grads[1] / 2])
